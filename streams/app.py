@@ -1,0 +1,98 @@
+"""The Faust app factory: one app, configured from one Settings object, with the agents from `agents/`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import faust
+
+from streams import codec
+from streams.kafka_config import faust_broker_credentials
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, RECOMMENDATION_REQUESTS, RECOMMENDATIONS, topic_name
+
+
+@dataclass
+class Topics:
+    interactions: faust.TopicT
+    dlq: faust.TopicT
+    requests: faust.TopicT
+    recommendations: faust.TopicT
+
+
+@dataclass
+class AppContext:
+    """What agents share: settings, topics, metrics. Attached to the app as `app.explorer`."""
+
+    settings: Settings
+    topics: Topics
+    metrics: Metrics
+    # Batch processors fed with every valid event by the ingest agent (transitions, trends, ...).
+    processors: list = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
+    codec.register_faust_codec()
+    app = faust.App(
+        settings.app_id,
+        broker=broker_urls(settings.kafka_bootstrap),
+        broker_credentials=faust_broker_credentials(settings),
+        store="memory://",
+        datadir=str(settings.resolved_data_dir() / "faust" / settings.app_id),
+        autodiscover=False,
+        topic_partitions=settings.interactions_partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        # Larger fetches and buffers let one agent batch hundreds of small events per wake-up.
+        stream_buffer_maxsize=max(4096, settings.stream_batch_size * 4),
+        broker_max_poll_records=max(500, settings.stream_batch_size),
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    topics = Topics(
+        # Raw bytes in: validation must see (and dead-letter) exactly what the producer wrote.
+        interactions=app.topic(topic_name(settings, INTERACTIONS), **raw),
+        dlq=app.topic(topic_name(settings, INTERACTIONS_DLQ), **raw),
+        requests=app.topic(topic_name(settings, RECOMMENDATION_REQUESTS), **raw),
+        recommendations=app.topic(topic_name(settings, RECOMMENDATIONS), **raw),
+    )
+    context = AppContext(settings=settings, topics=topics, metrics=Metrics())
+    app.explorer = context  # type: ignore[attr-defined]
+    _register_web(app, context)
+    if with_agents:
+        from agents import register_all
+
+        register_all(app, context)
+    return app
+
+
+def _register_web(app: faust.App, context: AppContext) -> None:
+    @app.page("/metrics")
+    async def metrics(web, request):  # type: ignore[no-untyped-def]
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return web.bytes(context.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/health")
+    async def health(web, request):  # type: ignore[no-untyped-def]
+        assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+        status = {
+            "status": "ok",
+            "app_id": app.conf.id,
+            "uptime_s": round(time.time() - context.started_at, 3),
+            "assigned_partitions": assigned,
+            "events_in": context.metrics.events_in._value.get(),
+            "events_valid": context.metrics.events_valid._value.get(),
+        }
+        return web.json(status)

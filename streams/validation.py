@@ -1,0 +1,124 @@
+"""Validation of incoming interaction events: the hot path of ingestion, so it is plain Python over orjson.
+
+A rejected event is never dropped silently: the caller sends it to the dead-letter topic with the reason
+returned here. `Rejection.code` is a small fixed vocabulary so it can label a Prometheus counter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from streams.records import InteractionEvent
+from streams.settings import Settings
+
+MAX_ID_LENGTH = 256
+MAX_EVENT_TYPE_LENGTH = 64
+_ID_FIELDS = ("event_id", "user_id", "item_id")
+
+REJECTION_CODES = (
+    "oversized",
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "absurd_timestamp",
+    "key_mismatch",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: str  # one of REJECTION_CODES
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class EventValidator:
+    """Turns (key, raw bytes) into an InteractionEvent or a Rejection explaining what is wrong."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._max_bytes = settings.max_event_bytes
+        self._min_ts = settings.min_event_ts
+        self._max_future_skew = settings.max_future_skew_s
+        self._clock = clock
+
+    def validate(self, key: bytes | None, raw: bytes | None) -> InteractionEvent | Rejection:
+        if raw is None:
+            return Rejection("malformed_json", "empty record value (tombstone); an event must be a JSON object")
+        if len(raw) > self._max_bytes:
+            return Rejection("oversized", f"payload is {len(raw)} bytes, limit is {self._max_bytes}")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return Rejection("malformed_json", f"not valid UTF-8 JSON: {exc}")
+        if type(obj) is not dict:
+            return Rejection("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
+        return self._check_fields(key, obj)
+
+    def _check_fields(self, key: bytes | None, obj: dict) -> InteractionEvent | Rejection:
+        for name in (*_ID_FIELDS, "ts", "event_type"):
+            if name not in obj:
+                return Rejection("missing_field", f"required field '{name}' is missing")
+        for name in _ID_FIELDS:
+            problem = _check_string(name, obj[name], MAX_ID_LENGTH)
+            if problem:
+                return problem
+        problem = _check_string("event_type", obj["event_type"], MAX_EVENT_TYPE_LENGTH)
+        if problem:
+            return problem
+
+        ts = obj["ts"]
+        if type(ts) not in (int, float):  # bool is a subclass of int: excluded by the exact type check
+            return Rejection("wrong_type", f"'ts' must be a number (seconds since the epoch), got {_json_type(ts)}")
+        if not math.isfinite(ts):
+            return Rejection("absurd_timestamp", f"'ts' is not finite: {ts}")
+        if ts < self._min_ts:
+            return Rejection("absurd_timestamp", f"'ts' {ts} is before the earliest accepted time {self._min_ts}")
+        latest = self._clock() + self._max_future_skew
+        if ts > latest:
+            return Rejection("absurd_timestamp", f"'ts' {ts} is more than {self._max_future_skew:.0f}s in the future")
+
+        value = obj.get("value")
+        if value is not None:
+            if type(value) not in (int, float):
+                return Rejection("wrong_type", f"'value' must be a number or null, got {_json_type(value)}")
+            if not math.isfinite(value):
+                return Rejection("bad_value", f"'value' is not finite: {value}")
+
+        user_id = obj["user_id"]
+        # Per-user state lives on the partition the key hashes to: an event keyed otherwise would split it.
+        if key is None or key.decode("utf-8", "replace") != user_id:
+            shown = None if key is None else key[:80].decode("utf-8", "replace")
+            return Rejection("key_mismatch", f"record key {shown!r} must equal user_id {user_id[:80]!r}")
+
+        return InteractionEvent(
+            event_id=obj["event_id"],
+            user_id=user_id,
+            item_id=obj["item_id"],
+            ts=float(ts),
+            event_type=obj["event_type"],
+            value=None if value is None else float(value),
+        )
+
+
+def _check_string(name: str, value: object, max_length: int) -> Rejection | None:
+    if type(value) is not str:
+        return Rejection("wrong_type", f"'{name}' must be a string, got {_json_type(value)}")
+    if not value or value.isspace():
+        return Rejection("bad_value", f"'{name}' must not be empty")
+    if len(value) > max_length:
+        return Rejection("bad_value", f"'{name}' is {len(value)} characters, limit is {max_length}")
+    return None
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+            int: "number", float: "number"}.get(type(value), type(value).__name__)
