@@ -40,12 +40,14 @@ def broker_urls(bootstrap: str) -> list[str]:
 
 def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     codec.register_faust_codec()
+    datadir = settings.resolved_data_dir() / "faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level itself
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
         broker_credentials=faust_broker_credentials(settings),
         store="memory://",
-        datadir=str(settings.resolved_data_dir() / "faust" / settings.app_id),
+        datadir=str(datadir),
         autodiscover=False,
         topic_partitions=settings.interactions_partitions,
         topic_replication_factor=settings.replication_factor,
@@ -80,9 +82,8 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
 def _register_web(app: faust.App, context: AppContext) -> None:
     @app.page("/metrics")
     async def metrics(web, request):  # type: ignore[no-untyped-def]
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return web.bytes(context.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp wants the charset apart from the content type; UTF-8 is Prometheus's text default anyway.
+        return web.bytes(context.metrics.exposition(), content_type="text/plain; version=0.0.4")
 
     @app.page("/health")
     async def health(web, request):  # type: ignore[no-untyped-def]

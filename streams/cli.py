@@ -119,7 +119,7 @@ def worker(
     if web_port is not None:
         settings = settings.model_copy(update={"web_port": web_port})
     faust_app = create_app(settings)
-    faust.Worker(faust_app, loglevel=loglevel, web_port=settings.web_port).execute_from_commandline()
+    faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
 
 
 # ---------------------------------------------------------------- replay

@@ -1,0 +1,68 @@
+"""Shared fixtures. Integration tests talk to a real Kafka broker: the one at EXPLORER_KAFKA_BOOTSTRAP if it
+answers (scripts/test.sh and .ci/run start it), otherwise a local broker started here and stopped afterwards."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streams.settings import Settings
+
+
+def _broker_answers(settings: Settings) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka_config import confluent_config
+
+    try:
+        AdminClient(confluent_config(settings)).list_topics(timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_settings() -> Iterator[Settings]:
+    settings = Settings()
+    if _broker_answers(settings):
+        yield settings
+        return
+    from infra.broker import LocalBroker
+
+    broker = LocalBroker(settings)
+    broker.ensure_distribution()
+    broker.start()
+    try:
+        yield settings
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def isolated_settings(kafka_settings: Settings, tmp_path) -> Settings:
+    """Settings with their own topic prefix, app id and data dir, so tests never see each other's records."""
+    from streams.topics import create_topics
+
+    from tests.harness import free_port
+
+    tag = uuid.uuid4().hex[:10]
+    settings = kafka_settings.model_copy(update={
+        "topic_prefix": f"test-{tag}.",
+        "app_id": f"explorer-test-{tag}",
+        "data_dir": tmp_path / "data",
+        "web_port": free_port(),
+        "interactions_partitions": 4,
+        "requests_partitions": 2,
+    })
+    create_topics(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def movielens_dir():
+    """The MovieLens-100k files, fetched once into the default data dir and shared by every test."""
+    from streams.movielens import dataset_dir
+
+    return dataset_dir(Settings())
