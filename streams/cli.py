@@ -153,6 +153,28 @@ def replay_movielens(
     out.print(f"published {stats.delivered} events in {stats.seconds:.1f}s ({stats.rate:,.0f} events/s)")
 
 
+@app.command()
+def loadgen(
+    events: Annotated[int, typer.Option(help="How many synthetic events to publish")] = 100_000,
+    rate: Annotated[Optional[float], typer.Option(help="Events per second (default: as fast as possible)")] = None,
+    users: Annotated[int, typer.Option(help="Distinct users")] = 1_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same events)")] = 13,
+) -> None:
+    """Publish seeded synthetic rating events (Zipf item popularity) for load tests."""
+    from streams.loadgen import synthetic_events
+    from streams.replay import ReplayError, publish_events
+
+    settings = get_settings()
+    with _progress() as progress:
+        task = progress.add_task("generating load", total=events)
+        try:
+            stats = publish_events(settings, synthetic_events(events, users=users, seed=seed), rate=rate,
+                                   on_progress=lambda n: progress.advance(task, n))
+        except ReplayError as exc:
+            raise _fail(str(exc)) from exc
+    out.print(f"published {stats.delivered} events in {stats.seconds:.1f}s ({stats.rate:,.0f} events/s)")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -102,9 +102,12 @@ def publish_events(
             except BufferError:  # local queue full: let librdkafka drain it, then retry this event
                 producer.poll(0.1)
         stats.sent += 1
-        producer.poll(0)
-        if on_progress is not None:
-            on_progress(1)
+        if stats.sent % 1000 == 0:  # report and serve delivery callbacks in chunks: per event is costly
+            producer.poll(0)
+            if on_progress is not None:
+                on_progress(1000)
+    if on_progress is not None and stats.sent % 1000:
+        on_progress(stats.sent % 1000)
     remaining = producer.flush(flush_timeout_s)
     stats.seconds = time.monotonic() - started
     if remaining:

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     positive_rating_threshold: float = 4.0
     positive_event_types: tuple[str, ...] = ("like", "complete")
 
+    # --- interest clusters (models/clusters.py) ---
+    cluster_count: int = Field(40, ge=2)  # target number of interest clusters
+    cluster_seed: int = 7
+    train_fraction: float = Field(0.8, gt=0, lt=1)  # event-time split: the first part trains clusters/models
+
+    # --- transitions and trends (agents/transitions.py) ---
+    window_days: tuple[int, ...] = (7, 30)  # rolling event-time windows for transition and trend counts
+    allowed_lateness_s: float = Field(86_400.0, ge=0)  # later out-of-order events go to the DLQ
+
     # --- datasets ---
     movielens_dir: Path | None = None  # a folder holding ml-100k.inter/.item/.user; default: from the recbole wheel
     recbole_version: str = "1.2.1"

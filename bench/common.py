@@ -1,0 +1,22 @@
+"""Shared bench plumbing: an isolated topic set on the configured broker, and result printing."""
+
+from __future__ import annotations
+
+import uuid
+
+from streams.settings import Settings
+from streams.topics import create_topics
+
+
+def isolated(settings: Settings, name: str, **updates: object) -> Settings:
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    isolated_settings = settings.model_copy(update={"topic_prefix": f"bench-{tag}.", "app_id": f"bench-{tag}",
+                                                    **updates})
+    create_topics(isolated_settings)
+    return isolated_settings
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
