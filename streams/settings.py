@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
 
     # --- local broker (infra/broker.py): Apache Kafka from Maven Central ---
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.4.0"
     broker_host: str = "127.0.0.1"
     broker_port: int = 9092
     broker_controller_port: int = 9093
