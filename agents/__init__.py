@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 
 def register_all(app: "faust.App", context: "AppContext") -> None:
-    from agents import ingest
+    from agents import ingest, transitions
 
     ingest.register(app, context)
+    transitions.register(app, context)

@@ -31,6 +31,7 @@ class AppContext:
     metrics: Metrics
     # Batch processors fed with every valid event by the ingest agent (transitions, trends, ...).
     processors: list = field(default_factory=list)
+    clusters_version: str | None = None  # set when the transitions state is active
     started_at: float = field(default_factory=time.time)
 
 
@@ -95,5 +96,6 @@ def _register_web(app: faust.App, context: AppContext) -> None:
             "assigned_partitions": assigned,
             "events_in": context.metrics.events_in._value.get(),
             "events_valid": context.metrics.events_valid._value.get(),
+            "clusters_version": context.clusters_version,
         }
         return web.json(status)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from streams.cli_clusters import clusters_app
 from streams.settings import get_settings
 
 app = typer.Typer(
@@ -21,7 +22,10 @@ app = typer.Typer(
 broker_app = typer.Typer(help="Run the local single-node Apache Kafka broker (KRaft) under $EXPLORER_DATA_DIR/kafka.")
 topics_app = typer.Typer(help="Provision the contract's topics on the configured cluster.")
 replay_app = typer.Typer(help="Publish a dataset's interactions to the `interactions` topic in event-time order.")
+knowledge_app = typer.Typer(help="The streaming knowledge: transition and trend counts.")
 app.add_typer(broker_app, name="broker")
+app.add_typer(knowledge_app, name="knowledge")
+app.add_typer(clusters_app, name="clusters")
 app.add_typer(topics_app, name="topics")
 app.add_typer(replay_app, name="replay")
 
@@ -238,6 +242,39 @@ def _progress() -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=False,
     )
+
+
+@knowledge_app.command("export")
+def knowledge_export(
+    out_file: Annotated[Optional[str], typer.Option("--out", help="Write to this file instead of stdout")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
+    clusters_version: Annotated[Optional[str], typer.Option(help="Default: the current clusters build")] = None,
+    now: Annotated[Optional[float], typer.Option(help="Event time that windows end at (default: latest event)")] = None,
+) -> None:
+    """Export the current transition counts (all-time and per window) and trends, read from the durable state."""
+    from models.clusters import ClustersNotBuilt, load_current
+    from streams.knowledge_export import render_export
+    from streams.state_reader import StateNotFound, read_state_counts
+
+    settings = get_settings()
+    if fmt not in ("json", "csv"):
+        raise _fail("--format must be json or csv")
+    try:
+        version = clusters_version or load_current(settings).version
+        counts = read_state_counts(settings, version)
+    except (ClustersNotBuilt, StateNotFound, TimeoutError) as exc:
+        raise _fail(str(exc)) from exc
+    _write_output(render_export(counts, version, settings.window_days, now, fmt), out_file)
+
+
+def _write_output(data: bytes, out_file: str | None) -> None:
+    if out_file is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        with open(out_file, "wb") as handle:
+            handle.write(data)
+        console.print(f"wrote {len(data):,} bytes to {out_file}")
 
 
 @app.command("settings")

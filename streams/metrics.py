@@ -33,5 +33,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+        self.transition_events = Gauge(
+            "explorer_transition_events", "Events seen by the transitions state, by outcome", ["outcome"], registry=r
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

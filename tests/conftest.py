@@ -66,3 +66,13 @@ def movielens_dir():
     from streams.movielens import dataset_dir
 
     return dataset_dir(Settings())
+
+
+@pytest.fixture(scope="session")
+def clusters_data_dir(tmp_path_factory, movielens_dir):
+    """A data dir with interest clusters built once for the session (MovieLens-100k, default settings)."""
+    from models.clusters import build_clusters
+
+    data_dir = tmp_path_factory.mktemp("clusters-data")
+    build_clusters(Settings(data_dir=data_dir, movielens_dir=movielens_dir))
+    return data_dir

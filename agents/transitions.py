@@ -1,0 +1,102 @@
+"""The transitions agent: counts interest-cluster transitions and trends exactly once, on top of the ingest agent.
+
+It is a batch processor of the ingest agent (same stream, same partitions: state is partitioned by user because
+`interactions` is keyed by user_id). The state of source partition p lives under keys "p/..." of one Faust Table
+whose changelog partition p receives exactly those keys, in write order — the property models.transitions relies
+on for exactly-once counts over Faust's at-least-once delivery (see its module docstring).
+
+The table is named after the clusters version: rebuilding clusters gives a new table (and changelog topic), filled
+by a backfill from the retained `interactions` topic while the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from models.transitions import PartitionedTransitions
+
+if TYPE_CHECKING:
+    import faust
+
+    from streams.app import AppContext
+
+log = logging.getLogger(__name__)
+
+
+def state_table_name(clusters_version: str) -> str:
+    return f"transitions-{clusters_version}"
+
+
+def changelog_topic_name(app_id: str, clusters_version: str) -> str:
+    """Faust's name for the table's changelog: where the durable state lives (read by `explorer knowledge export`)."""
+    return f"{app_id}-{state_table_name(clusters_version)}-changelog"
+
+
+def partition_key(partition: int, key: str) -> str:
+    return f"{partition}/{key}"
+
+
+class PartitionStore(MutableMapping[str, Any]):
+    """One source partition's view of the table: local reads, writes pinned to that changelog partition.
+
+    Faust's own `table[key] = value` picks the partition of the *current event*, which in a batch that mixes
+    partitions is not the event being applied; so writes go to the store and `send_changelog` explicitly.
+    """
+
+    def __init__(self, table: "faust.Table", partition: int) -> None:
+        self._table = table
+        self._data = table.data
+        self._partition = partition
+        self._prefix = f"{partition}/"
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[self._prefix + key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        full_key = self._prefix + key
+        self._data[full_key] = value
+        self._table.send_changelog(self._partition, full_key, value)
+
+    def __delitem__(self, key: str) -> None:
+        full_key = self._prefix + key
+        del self._data[full_key]
+        self._table.send_changelog(self._partition, full_key, None, value_serializer="raw")
+
+    def __iter__(self) -> Iterator[str]:
+        prefix, size = self._prefix, len(self._prefix)
+        return (key[size:] for key in list(self._data.keys()) if key.startswith(prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def register(app: "faust.App", context: "AppContext") -> PartitionedTransitions | None:
+    """Add the transitions processor to the ingest agent; None (and a warning) when no clusters are built yet."""
+    from models.clusters import ClustersNotBuilt, load_current
+
+    settings = context.settings
+    try:
+        clusters = load_current(settings)
+    except ClustersNotBuilt as exc:
+        log.warning("transitions are not counted: %s", exc)
+        return None
+    table = app.Table(
+        state_table_name(clusters.version),
+        default=None,
+        partitions=settings.interactions_partitions,
+        key_type=str,  # with the app's raw key codec: UTF-8 on the wire, str again on recovery
+        help="Per-partition transition and trend state (see models.transitions)",
+    )
+    processor = PartitionedTransitions(lambda partition: PartitionStore(table, partition), clusters.cluster_of,
+                                       settings)
+    context.processors.append(processor)
+    context.clusters_version = clusters.version
+
+    @app.timer(2.0)
+    async def report_transition_stats() -> None:
+        for outcome, value in processor.stats.as_dict().items():
+            context.metrics.transition_events.labels(outcome).set(value)
+
+    return processor

@@ -1,0 +1,75 @@
+"""Transitions counted by real workers against the real broker equal a straightforward reference computation —
+after a clean replay, and after SIGKILLs at random points during a replay that is itself sent twice."""
+
+import os
+import random
+import signal
+
+import pytest
+
+from models.clusters import load_current
+from models.reference import reference_counts
+from streams.movielens import load_ratings
+from streams.replay import publish_events
+from streams.state_reader import read_state_counts
+from streams.topics import INTERACTIONS, topic_name
+from tests.harness import group_caught_up, run_worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def counting_settings(isolated_settings, clusters_data_dir, movielens_dir):
+    return isolated_settings.model_copy(update={"data_dir": clusters_data_dir, "movielens_dir": movielens_dir})
+
+
+def caught_up(settings) -> bool:
+    return group_caught_up(settings, settings.app_id, topic_name(settings, INTERACTIONS))
+
+
+def assert_counts_match_reference(settings, ratings):
+    clusters = load_current(settings)
+    expected = reference_counts(ratings, clusters.cluster_of, settings)
+    actual = read_state_counts(settings, clusters.version)
+    assert actual.total, "no transitions were counted"
+    assert actual.total == expected.total
+    assert actual.daily == expected.daily
+    assert actual.trends == expected.trends
+
+
+def test_full_movielens_replay_matches_the_reference(counting_settings, movielens_dir, tmp_path):
+    settings = counting_settings
+    ratings = load_ratings(movielens_dir)
+    with run_worker(settings, tmp_path) as worker:
+        publish_events(settings, (r.to_event() for r in ratings))
+        wait_until(lambda: caught_up(settings), 600, "the worker to commit the whole replay", poll_s=1.0)
+        assert worker.alive(), worker.log_tail()
+    assert_counts_match_reference(settings, ratings)
+
+
+def test_sigkill_during_a_double_replay_still_counts_each_event_once(counting_settings, movielens_dir, tmp_path):
+    settings = counting_settings
+    ratings = load_ratings(movielens_dir)
+    publish_events(settings, (r.to_event() for r in ratings))
+    publish_events(settings, (r.to_event() for r in ratings))  # the whole replay sent twice
+    total = 2 * len(ratings)
+
+    rng = random.Random(2405)
+    kills = 0
+    while kills < 3:
+        # Kill at a random point of what is left: the worker has consumed something but not everything.
+        target = rng.randint(2_000, 25_000)
+        with run_worker(settings, tmp_path) as worker:
+            wait_until(lambda: worker.metric("explorer_events_in_total") >= target or caught_up(settings), 600,
+                       f"{target} events consumed before the kill", poll_s=0.1)
+            if caught_up(settings):
+                break
+            os.killpg(worker.process.pid, signal.SIGKILL)
+            worker.process.wait(30)
+            kills += 1
+    assert kills >= 2, "the replay finished before the worker could be killed twice"
+
+    with run_worker(settings, tmp_path) as worker:
+        wait_until(lambda: caught_up(settings), 900, f"the worker to commit all {total} events", poll_s=1.0)
+        assert worker.alive(), worker.log_tail()
+    assert_counts_match_reference(settings, ratings)
