@@ -12,14 +12,15 @@ by a backfill from the retained `interactions` topic while the old one keeps ser
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from models.transitions import PartitionedTransitions
+from models.transitions import USER_PREFIX, PartitionedTransitions
 
 if TYPE_CHECKING:
     import faust
 
+    from agents.ingest import SourcedEvent
     from streams.app import AppContext
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,14 @@ def partition_key(partition: int, key: str) -> str:
 
 
 class PartitionStore(MutableMapping[str, Any]):
-    """One source partition's view of the table: local reads, writes pinned to that changelog partition.
+    """One source partition's view of the table: reads and writes hit the local table data at once; changelog
+    records are coalesced per key and sent by `flush()`, pinned to that partition's changelog partition.
 
     Faust's own `table[key] = value` picks the partition of the *current event*, which in a batch that mixes
-    partitions is not the event being applied; so writes go to the store and `send_changelog` explicitly.
+    partitions is not the event being applied, hence `send_changelog` with an explicit partition. Coalescing keeps
+    one record per key per batch (hot keys such as a cluster's daily trend are written once, not per event). The
+    flush sends every count key before any user key: a recovered user key then still implies that all the count
+    writes of its events are durable, which is what models.transitions needs for exactly-once counts.
     """
 
     def __init__(self, table: "faust.Table", partition: int) -> None:
@@ -50,19 +55,18 @@ class PartitionStore(MutableMapping[str, Any]):
         self._data = table.data
         self._partition = partition
         self._prefix = f"{partition}/"
+        self._pending: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
         return self._data[self._prefix + key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        full_key = self._prefix + key
-        self._data[full_key] = value
-        self._table.send_changelog(self._partition, full_key, value)
+        self._data[self._prefix + key] = value
+        self._pending[key] = value
 
     def __delitem__(self, key: str) -> None:
-        full_key = self._prefix + key
-        del self._data[full_key]
-        self._table.send_changelog(self._partition, full_key, None, value_serializer="raw")
+        del self._data[self._prefix + key]
+        self._pending[key] = None
 
     def __iter__(self) -> Iterator[str]:
         prefix, size = self._prefix, len(self._prefix)
@@ -70,6 +74,19 @@ class PartitionStore(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def flush(self) -> int:
+        """Send the coalesced changelog records (count keys first, user keys last); returns how many."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        ordered = sorted(pending.items(), key=lambda item: item[0].startswith(USER_PREFIX))  # stable: False first
+        for key, value in ordered:
+            if value is None:
+                self._table.send_changelog(self._partition, self._prefix + key, None, value_serializer="raw")
+            else:
+                self._table.send_changelog(self._partition, self._prefix + key, value)
+        return len(ordered)
 
 
 def register(app: "faust.App", context: "AppContext") -> PartitionedTransitions | None:
@@ -89,9 +106,26 @@ def register(app: "faust.App", context: "AppContext") -> PartitionedTransitions 
         key_type=str,  # with the app's raw key codec: UTF-8 on the wire, str again on recovery
         help="Per-partition transition and trend state (see models.transitions)",
     )
-    processor = PartitionedTransitions(lambda partition: PartitionStore(table, partition), clusters.cluster_of,
-                                       settings)
-    context.processors.append(processor)
+    stores: dict[int, PartitionStore] = {}
+
+    def store_for(partition: int) -> PartitionStore:
+        store = stores.get(partition)
+        if store is None:
+            store = stores[partition] = PartitionStore(table, partition)
+        return store
+
+    processor = PartitionedTransitions(store_for, clusters.cluster_of, settings)
+
+    def process_and_flush(batch: "Sequence[SourcedEvent]") -> "list[tuple[SourcedEvent, str]]":
+        # The flush happens before the ingest agent acks the batch, so Faust's commit (after a producer flush)
+        # never covers an event whose changelog records were not sent.
+        try:
+            return processor(batch)
+        finally:
+            for store in stores.values():
+                store.flush()
+
+    context.processors.append(process_and_flush)
     context.clusters_version = clusters.version
 
     @app.timer(2.0)

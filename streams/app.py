@@ -61,6 +61,8 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
         # Larger fetches and buffers let one agent batch hundreds of small events per wake-up.
         stream_buffer_maxsize=max(4096, settings.stream_batch_size * 4),
         broker_max_poll_records=max(500, settings.stream_batch_size),
+        producer_linger=settings.producer_linger_s,
+        producer_max_batch_size=1_048_576,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     topics = Topics(

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     web_port: int = 6066
     stream_batch_size: int = Field(500, ge=1)  # events taken per Faust batch (take())
     stream_batch_timeout_s: float = Field(0.05, gt=0)
+    producer_linger_s: float = Field(0.02, ge=0)  # lets changelog and DLQ writes share produce requests
 
     # --- event validation ---
     max_event_bytes: int = Field(16_384, ge=256)
