@@ -422,13 +422,38 @@ class TransitionState:
         entry: list[Any],
         offset: int,
     ) -> None:
-        """A late event inside the horizon: diff the transitions of the kept history before and after the insert."""
+        """A late event inside the horizon: diff the transitions around the insert point before and after it.
+
+        Let r0 be the run holding the entry before the insert point, R1 the run holding the entry after it (R1 is r0
+        when the event lands inside a run) and R2 the next run. The new entry X either joins r0 (nothing changes),
+        joins R1 (R1's start moves), splits r0 = R1 into Y X Y, or sits between two different runs. In every case
+        the transitions that change have c3 in {X, R1, R2}, and their c1, c2 lie at most two runs back. So the
+        diff covers the raw entries from the start of the run before r0 to the first entry of R2; every other
+        transition keeps its three clusters and its c3 run start.
+        """
         prefix: list[str] = user["p"]
-        new_history = history[:position]
-        new_history.append(entry)
-        new_history.extend(history[position:])
-        before, _ = _triples(prefix, history)
-        after, new_tail = _triples(prefix, new_history)
+        n = len(history)
+        lo = position - 1
+        if lo >= 0:
+            cluster = history[lo][2]
+            while lo > 0 and history[lo - 1][2] == cluster:  # the start of the run just before the insert point
+                lo -= 1
+            if lo > 0:  # ... and the start of the run before that one
+                lo -= 1
+                cluster = history[lo][2]
+                while lo > 0 and history[lo - 1][2] == cluster:
+                    lo -= 1
+        lo = max(lo, 0)
+        hi = position + 1  # past the first entry of R2 (the first run start after the insert point)
+        while hi < n and history[hi][2] == history[hi - 1][2]:
+            hi += 1
+        hi = min(hi + 1, n)
+        context = prefix if lo == 0 else []  # a window starting mid-history starts at a run start
+        before, _ = _triples(context, history[lo:hi])
+        window = history[lo:position]
+        window.append(entry)
+        window.extend(history[position:hi])
+        after, window_tail = _triples(context, window)
         after.subtract(before)
         total: Counter[str] = Counter()
         for (c1, c2, c3, day), delta in after.items():
@@ -443,6 +468,11 @@ class TransitionState:
             if delta:
                 self._bump(TOTAL_PREFIX + triple, delta, offset)
         self._bump(f"{TREND_PREFIX}{day_of(entry[0])}:{entry[2]}", 1, offset)
+        new_history = history[:position]
+        new_history.append(entry)
+        new_history.extend(history[position:])
+        # The window reaches the end of the history (and then holds >= 2 runs) or the last runs are untouched.
+        new_tail = window_tail if hi == n else user["t"]
         # The latest engagement is unchanged, so the horizon did not move: nothing to prune.
         self.store[user_key] = {"offset": offset, "h": new_history, "p": prefix, "t": new_tail}
 
@@ -452,7 +482,7 @@ class TransitionState:
         current = store.get(key)
         if current is None:
             store[key] = {"n": delta, "offset": offset}
-        else:
+        elif current["offset"] < offset:
             store[key] = {"n": current["n"] + delta, "offset": offset}
 
     def _check_cluster(self, cluster: str) -> None:
