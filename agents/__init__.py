@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import faust
 
+    from models.clusters import ClusterSet
     from streams.app import AppContext
 
 
-def register_all(app: "faust.App", context: "AppContext") -> None:
-    from agents import ingest, transitions
+def register_all(app: "faust.App", context: "AppContext", clusters: "ClusterSet | None") -> None:
+    from agents import ingest, knowledge_sync, transitions
 
     ingest.register(app, context)
-    transitions.register(app, context)
+    if clusters is not None:
+        runtime = transitions.register(app, context, clusters)
+        knowledge_sync.register(app, context, clusters, runtime)

@@ -58,6 +58,8 @@ def register(app: "faust.App", context: "AppContext") -> None:
     last_offsets: dict[tuple[str, int], int] = {}
 
     async def send_dead_letter(message, error: str) -> None:  # type: ignore[no-untyped-def]
+        if not settings.dead_letters:  # a backfill: the live workers dead-lettered these records already
+            return
         value = dead_letter(message.topic, message.partition, message.offset, message.value, error)
         await dlq.send(key=message.key, value=value)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models.transitions import USER_PREFIX, PartitionedTransitions
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import faust
 
     from agents.ingest import SourcedEvent
+    from models.clusters import ClusterSet
     from streams.app import AppContext
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,10 @@ def state_table_name(clusters_version: str) -> str:
     return f"transitions-{clusters_version}"
 
 
-def changelog_topic_name(app_id: str, clusters_version: str) -> str:
-    """Faust's name for the table's changelog: where the durable state lives (read by `explorer knowledge export`)."""
-    return f"{app_id}-{state_table_name(clusters_version)}-changelog"
+def changelog_topic_name(group: str, clusters_version: str) -> str:
+    """Faust's name for the table's changelog (group = the app id, streams.app.consumer_group): where the durable
+    state lives, read by `explorer knowledge export`."""
+    return f"{group}-{state_table_name(clusters_version)}-changelog"
 
 
 def partition_key(partition: int, key: str) -> str:
@@ -56,6 +59,8 @@ class PartitionStore(MutableMapping[str, Any]):
         self._partition = partition
         self._prefix = f"{partition}/"
         self._pending: dict[str, Any] = {}
+        self.changed_since_sync = False  # set on every write; cleared by the knowledge sync
+        self.latest_ts = 0.0  # latest event time seen on this partition: the end of the rolling windows
 
     def __getitem__(self, key: str) -> Any:
         return self._data[self._prefix + key]
@@ -63,6 +68,7 @@ class PartitionStore(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         self._data[self._prefix + key] = value
         self._pending[key] = value
+        self.changed_since_sync = True
 
     def __delitem__(self, key: str) -> None:
         del self._data[self._prefix + key]
@@ -89,16 +95,17 @@ class PartitionStore(MutableMapping[str, Any]):
         return len(ordered)
 
 
-def register(app: "faust.App", context: "AppContext") -> PartitionedTransitions | None:
-    """Add the transitions processor to the ingest agent; None (and a warning) when no clusters are built yet."""
-    from models.clusters import ClustersNotBuilt, load_current
+@dataclass
+class TransitionsRuntime:
+    """What the transitions agent leaves for other agents (the knowledge sync): the processor and its stores."""
 
+    processor: PartitionedTransitions
+    stores: dict[int, PartitionStore]
+
+
+def register(app: "faust.App", context: "AppContext", clusters: "ClusterSet") -> TransitionsRuntime:
+    """Add the transitions processor (state of `clusters`' version) to the ingest agent."""
     settings = context.settings
-    try:
-        clusters = load_current(settings)
-    except ClustersNotBuilt as exc:
-        log.warning("transitions are not counted: %s", exc)
-        return None
     table = app.Table(
         state_table_name(clusters.version),
         default=None,
@@ -122,6 +129,10 @@ def register(app: "faust.App", context: "AppContext") -> PartitionedTransitions 
         try:
             return processor(batch)
         finally:
+            for sourced in batch:
+                store = store_for(sourced.partition)
+                if sourced.event.ts > store.latest_ts:
+                    store.latest_ts = sourced.event.ts
             for store in stores.values():
                 store.flush()
 
@@ -133,4 +144,4 @@ def register(app: "faust.App", context: "AppContext") -> PartitionedTransitions 
         for outcome, value in processor.stats.as_dict().items():
             context.metrics.transition_events.labels(outcome).set(value)
 
-    return processor
+    return TransitionsRuntime(processor, stores)

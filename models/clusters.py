@@ -133,6 +133,26 @@ def load_current(settings: Settings) -> ClusterSet:
     return load_version(settings, pointer.read_text(encoding="utf-8").strip())
 
 
+SERVING = "serving"
+
+
+def load_serving(settings: Settings) -> ClusterSet:
+    """The clusters the workers count and serve with: the version a backfill switched to, else the current build.
+
+    Keeping this apart from `current` lets `explorer clusters build` make a new build while workers keep serving
+    the old one, until `explorer backfill` has filled the new version's state and switches.
+    """
+    pointer = clusters_root(settings) / SERVING
+    if pointer.is_file():
+        return load_version(settings, pointer.read_text(encoding="utf-8").strip())
+    return load_current(settings)
+
+
+def set_serving(settings: Settings, version: str) -> None:
+    load_version(settings, version)  # refuse to point at a build that does not exist
+    _write_atomic(clusters_root(settings) / SERVING, version.encode("utf-8"))
+
+
 def load_version(settings: Settings, version: str) -> ClusterSet:
     path = clusters_root(settings) / version / "clusters.json"
     if not _VERSION_RE.match(version) or not path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ from streams.kafka_config import faust_broker_credentials
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, RECOMMENDATION_REQUESTS, RECOMMENDATIONS, topic_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,12 +42,35 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+def consumer_group(settings: Settings, clusters_version: str | None) -> str:
+    """The Faust app id, hence the consumer group and the state's changelog topics, of one clusters version.
+
+    A new clusters version gets a new group that reads the retained `interactions` topic from its start into fresh
+    state (a backfill), while workers of the old version keep serving with theirs.
+    """
+    return f"{settings.app_id}.{clusters_version}" if clusters_version else settings.app_id
+
+
+def serving_clusters(settings: Settings):  # -> ClusterSet | None
+    from models.clusters import ClustersNotBuilt, load_serving, load_version
+
+    try:
+        if settings.serving_clusters_version:
+            return load_version(settings, settings.serving_clusters_version)
+        return load_serving(settings)
+    except ClustersNotBuilt as exc:
+        log.warning("transitions are not counted: %s", exc)
+        return None
+
+
 def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     codec.register_faust_codec()
-    datadir = settings.resolved_data_dir() / "faust" / settings.app_id
+    clusters = serving_clusters(settings) if with_agents else None
+    app_id = consumer_group(settings, clusters.version if clusters else None)
+    datadir = settings.resolved_data_dir() / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level itself
     app = faust.App(
-        settings.app_id,
+        app_id,
         broker=broker_urls(settings.kafka_bootstrap),
         broker_credentials=faust_broker_credentials(settings),
         store="memory://",
@@ -78,7 +104,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     if with_agents:
         from agents import register_all
 
-        register_all(app, context)
+        register_all(app, context, clusters)
     return app
 
 

@@ -190,7 +190,10 @@ def demo(
     from infra.broker import BrokerError, LocalBroker
     from streams.movielens import DatasetError, dataset_dir, load_ratings
     from streams.replay import ReplayError, publish_events
-    from streams.topics import create_topics
+    from streams.app import consumer_group
+    from streams.offsets import caught_up as offsets_caught_up
+    from streams.state_reader import StateNotFound, read_state_counts
+    from streams.topics import INTERACTIONS, create_topics, topic_name
     from streams.worker_process import run_worker, wait_until
 
     settings = get_settings()
@@ -201,6 +204,7 @@ def demo(
             broker.ensure_distribution()
             broker.start()
         create_topics(settings)
+        clusters = _ensure_clusters(settings)
         ratings = load_ratings(dataset_dir(settings))[: limit if limit is not None else None]
         log_dir = settings.resolved_data_dir() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -221,8 +225,12 @@ def demo(
 
                 wait_until(caught_up, timeout_s=max(120.0, len(ratings) / 500), what="the worker to catch up")
                 worker_seconds = time.monotonic() - started
+            group = consumer_group(settings, clusters.version)
+            wait_until(lambda: offsets_caught_up(settings, group, topic_name(settings, INTERACTIONS)), 120,
+                       "the worker to commit its state")
             metrics = worker.metrics()
-    except (BrokerError, DatasetError, ReplayError, TimeoutError, RuntimeError) as exc:
+        counts = read_state_counts(settings, clusters.version)
+    except (BrokerError, DatasetError, ReplayError, StateNotFound, TimeoutError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     finally:
         if started_broker and not keep_broker:
@@ -234,7 +242,26 @@ def demo(
     table.add_row("events consumed by the worker", f"{metrics.get('explorer_events_in_total', 0):,.0f}")
     table.add_row("valid / dead-lettered", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}")
     table.add_row("worker catch-up after replay", f"{worker_seconds:.1f}s")
+    applied = metrics.get('explorer_transition_events{outcome=applied}', 0)
+    table.add_row("positive engagements counted", f"{applied:,.0f} (clusters {clusters.version})")
+    table.add_row("distinct transitions (c1, c2) -> c3", f"{sum(len(row) for row in counts.total.values()):,}")
     out.print(table)
+    top = sorted(((n, pair, c3) for pair, row in counts.total.items() for c3, n in row.items()), reverse=True)[:8]
+    transitions = Table("users who explored ...", "... then explored", "count", title="top interest transitions")
+    names = {cid: cluster.name for cid, cluster in clusters.clusters.items()}
+    for n, (c1, c2), c3 in top:
+        transitions.add_row(f"{names[c1]} -> {names[c2]}", names[c3], f"{n:,}")
+    out.print(transitions)
+
+
+def _ensure_clusters(settings):  # -> ClusterSet
+    from models.clusters import ClustersNotBuilt, build_clusters, load_serving
+
+    try:
+        return load_serving(settings)
+    except ClustersNotBuilt:
+        with console.status("Building interest clusters (first run)..."):
+            return build_clusters(settings)
 
 
 def _progress() -> Progress:
@@ -244,15 +271,44 @@ def _progress() -> Progress:
     )
 
 
+@app.command()
+def backfill(
+    from_time: Annotated[str, typer.Option("--from", help="'beginning', epoch seconds or an ISO date (record time)")],
+    clusters_version: Annotated[Optional[str], typer.Option(help="Default: the current clusters build")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds")] = 3600.0,
+) -> None:
+    """Rebuild a clusters version's knowledge from the retained `interactions` topic, then serve it.
+
+    Live workers keep serving the old version meanwhile; restart them afterwards to switch.
+    """
+    from models.clusters import ClustersNotBuilt, load_current
+    from streams.backfill import BackfillError, parse_time, run_backfill
+
+    settings = get_settings()
+    try:
+        version = clusters_version or load_current(settings).version
+        from_ts = parse_time(from_time)
+        log_dir = settings.resolved_data_dir() / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with _progress() as progress:
+            task = progress.add_task(f"backfilling {version}", total=None)
+            result = run_backfill(settings, version, from_ts, log_dir, timeout_s=timeout,
+                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except (BackfillError, ClustersNotBuilt, TimeoutError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"backfilled {result.events:,} events into {result.clusters_version} (group {result.group}) in "
+              f"{result.seconds:.1f}s; it is now the serving version: restart workers to switch")
+
+
 @knowledge_app.command("export")
 def knowledge_export(
     out_file: Annotated[Optional[str], typer.Option("--out", help="Write to this file instead of stdout")] = None,
     fmt: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
-    clusters_version: Annotated[Optional[str], typer.Option(help="Default: the current clusters build")] = None,
+    clusters_version: Annotated[Optional[str], typer.Option(help="Default: the serving clusters version")] = None,
     now: Annotated[Optional[float], typer.Option(help="Event time that windows end at (default: latest event)")] = None,
 ) -> None:
     """Export the current transition counts (all-time and per window) and trends, read from the durable state."""
-    from models.clusters import ClustersNotBuilt, load_current
+    from models.clusters import ClustersNotBuilt, load_serving
     from streams.knowledge_export import render_export
     from streams.state_reader import StateNotFound, read_state_counts
 
@@ -260,7 +316,7 @@ def knowledge_export(
     if fmt not in ("json", "csv"):
         raise _fail("--format must be json or csv")
     try:
-        version = clusters_version or load_current(settings).version
+        version = clusters_version or load_serving(settings).version
         counts = read_state_counts(settings, version)
     except (ClustersNotBuilt, StateNotFound, TimeoutError) as exc:
         raise _fail(str(exc)) from exc

@@ -37,5 +37,10 @@ class Metrics:
             "explorer_transition_events", "Events seen by the transitions state, by outcome", ["outcome"], registry=r
         )
 
+        self.knowledge_sync_seconds = Histogram(
+            "explorer_knowledge_sync_seconds", "Time of one sync of changed partitions to LanceDB",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

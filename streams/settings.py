@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     stream_batch_size: int = Field(500, ge=1)  # events taken per Faust batch (take())
     stream_batch_timeout_s: float = Field(0.05, gt=0)
     producer_linger_s: float = Field(0.02, ge=0)  # lets changelog and DLQ writes share produce requests
+    # Which clusters build the worker counts with (default: the serving one, see models.clusters.load_serving);
+    # `explorer backfill` sets it for the worker that fills a new version's state.
+    serving_clusters_version: str | None = None
+    # Dead-letter rejected records. A backfill turns it off: the live workers already dead-lettered those records.
+    dead_letters: bool = True
 
     # --- event validation ---
     max_event_bytes: int = Field(16_384, ge=256)
@@ -69,6 +74,7 @@ class Settings(BaseSettings):
     # --- transitions and trends (agents/transitions.py) ---
     window_days: tuple[int, ...] = (7, 30)  # rolling event-time windows for transition and trend counts
     allowed_lateness_s: float = Field(86_400.0, ge=0)  # later out-of-order events go to the DLQ
+    knowledge_sync_interval_s: float = Field(0.5, gt=0)  # how often changed counts are written to LanceDB
 
     # --- datasets ---
     movielens_dir: Path | None = None  # a folder holding ml-100k.inter/.item/.user; default: from the recbole wheel

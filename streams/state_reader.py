@@ -10,6 +10,7 @@ import orjson
 
 from agents.transitions import changelog_topic_name
 from models.transitions import AllCounts, read_counts
+from streams.app import consumer_group
 from streams.kafka_config import confluent_config
 from streams.settings import Settings
 
@@ -22,7 +23,7 @@ def read_changelog(settings: Settings, clusters_version: str, timeout_s: float =
     """Latest value of every key, grouped by source partition: {partition: {key: value}}."""
     from confluent_kafka import Consumer, TopicPartition
 
-    topic = changelog_topic_name(settings.app_id, clusters_version)
+    topic = changelog_topic_name(consumer_group(settings, clusters_version), clusters_version)
     consumer = Consumer(confluent_config(settings, **{
         "group.id": f"explorer-state-reader-{time.monotonic_ns()}", "enable.auto.commit": False,
         "auto.offset.reset": "earliest",

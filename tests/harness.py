@@ -57,19 +57,6 @@ def topic_size(settings: Settings, topic: str) -> int:
 
 def group_caught_up(settings: Settings, group_id: str, topic: str) -> bool:
     """True when the consumer group has committed every partition of `topic` up to its end offset."""
-    from confluent_kafka import Consumer, TopicPartition
+    from streams.offsets import caught_up
 
-    from streams.kafka_config import confluent_config
-
-    consumer = Consumer(confluent_config(settings, **{"group.id": group_id, "enable.auto.commit": False}))
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        partitions = [TopicPartition(topic, p) for p in metadata.partitions]
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
-        for tp in partitions:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high > low and committed.get(tp.partition, -1) < high:
-                return False
-        return True
-    finally:
-        consumer.close()
+    return caught_up(settings, group_id, topic)

@@ -7,8 +7,9 @@ import signal
 
 import pytest
 
-from models.clusters import load_current
+from models.clusters import load_serving
 from models.reference import reference_counts
+from streams.app import consumer_group
 from streams.movielens import load_ratings
 from streams.replay import publish_events
 from streams.state_reader import read_state_counts
@@ -24,11 +25,12 @@ def counting_settings(isolated_settings, clusters_data_dir, movielens_dir):
 
 
 def caught_up(settings) -> bool:
-    return group_caught_up(settings, settings.app_id, topic_name(settings, INTERACTIONS))
+    group = consumer_group(settings, load_serving(settings).version)
+    return group_caught_up(settings, group, topic_name(settings, INTERACTIONS))
 
 
 def assert_counts_match_reference(settings, ratings):
-    clusters = load_current(settings)
+    clusters = load_serving(settings)
     expected = reference_counts(ratings, clusters.cluster_of, settings)
     actual = read_state_counts(settings, clusters.version)
     assert actual.total, "no transitions were counted"

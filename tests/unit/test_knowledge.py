@@ -1,0 +1,272 @@
+"""The LanceDB knowledge store (models/knowledge.py): merged reads, upserts, deletes, windows, trends, search,
+compaction and visibility to other instances."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.clusters import Cluster, ClusterSet
+from models.knowledge import KnowledgeStore
+from models.knowledge_embedding import HashingEmbedder, words
+from models.knowledge_rows import PartitionRows, diff, transition_rows, trend_rows
+from models.transitions import DAY_S, AllCounts, TransitionCounts
+
+DAY = 1_000
+T0 = DAY * DAY_S + 3_600.0  # an hour into day DAY
+VERSION = "c4-test"
+
+
+def counts(total: TransitionCounts, day: int = DAY, trends: dict[int, dict[str, int]] | None = None) -> AllCounts:
+    """Counts whose transitions all happened on ``day``."""
+    return AllCounts(total=total, daily={day: total}, trends=trends or {})
+
+
+def store(path: Path, **options) -> KnowledgeStore:
+    options.setdefault("refresh_s", 0.0)
+    return KnowledgeStore(str(path / "lancedb"), VERSION, **options)
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> KnowledgeStore:
+    return store(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ counts and merges
+def test_partitions_are_summed(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 3, "D": 1}, ("B", "C"): {"A": 2}}), T0)
+    kb.write_partition_counts(1, counts({("A", "B"): {"C": 1, "E": 4}}), T0)
+    assert kb.top_next("A", "B") == [("C", 4), ("E", 4), ("D", 1)]  # tie at 4: by cluster id
+    assert kb.top_next("A", "B", n=1) == [("C", 4)]
+    assert kb.top_next("B", "C") == [("A", 2)]
+    assert kb.top_next("X", "Y") == []
+
+
+def test_a_write_replaces_the_partition_rows_and_zero_counts_disappear(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 3, "D": 1}}), T0)
+    kb.write_partition_counts(1, counts({("A", "B"): {"C": 1}}), T0)
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 5}}), T0)
+    assert kb.top_next("A", "B") == [("C", 6)]
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 5, "D": 0}}), T0)  # an explicit zero is no row either
+    kb.write_partition_counts(1, AllCounts(), T0)
+    assert kb.top_next("A", "B") == [("C", 5)]
+    assert kb.row_counts()["transitions"] == 3  # partition 0: C in "all", "7d" and "30d"
+
+
+def test_only_the_given_pairs_are_written(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 1}, ("B", "C"): {"D": 1}}), T0)
+    changed = counts({("A", "B"): {"C": 2}, ("B", "C"): {"D": 9}})
+    kb.write_partition_counts(0, changed, T0, pairs={("A", "B")})
+    assert kb.top_next("A", "B") == [("C", 2)]
+    assert kb.top_next("B", "C") == [("D", 1)]  # not announced as changed: left alone
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 2}}), T0, pairs={("B", "C")})  # B, C dropped to zero
+    assert kb.top_next("B", "C") == []
+    assert kb.row_counts()["transitions"] == 3
+
+
+def test_cluster_ids_are_quoted(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, counts({("O'Neil", "B"): {"C'": 1}}), T0)
+    kb.write_partition_counts(0, AllCounts(), T0, pairs={("O'Neil", "B")})
+    kb.write_partition_counts(1, counts({("O'Neil", "B"): {"C'": 2}}), T0)
+    assert kb.top_next("O'Neil", "B") == [("C'", 2)]
+
+
+# ------------------------------------------------------------------------------------------------ windows
+def test_windows_count_the_days_ending_with_as_of(kb: KnowledgeStore) -> None:
+    daily = {DAY: {("A", "B"): {"C": 1}}, DAY - 10: {("A", "B"): {"D": 2}}, DAY - 40: {("A", "B"): {"E": 4}}}
+    kb.write_partition_counts(0, AllCounts(total={("A", "B"): {"C": 1, "D": 2, "E": 4}}, daily=daily), T0)
+    assert kb.top_next("A", "B") == [("E", 4), ("D", 2), ("C", 1)]
+    assert kb.top_next("A", "B", window="30d") == [("D", 2), ("C", 1)]
+    assert kb.top_next("A", "B", window="7d") == [("C", 1)]
+    with pytest.raises(ValueError, match="not kept"):
+        kb.top_next("A", "B", window="14d")
+    with pytest.raises(ValueError):
+        kb.top_next("A", "B", window="weekly")
+
+
+def test_a_new_day_moves_every_window_even_for_pairs_not_announced(kb: KnowledgeStore) -> None:
+    one = counts({("A", "B"): {"C": 1}, ("B", "C"): {"D": 1}})
+    kb.write_partition_counts(0, one, T0)
+    kb.write_partition_counts(0, one, T0 + 7 * DAY_S, pairs=set())  # a week later: both fell out of "7d"
+    assert kb.top_next("A", "B", window="7d") == [] and kb.top_next("B", "C", window="7d") == []
+    assert kb.top_next("B", "C", window="30d") == [("D", 1)]
+
+
+# ------------------------------------------------------------------------------------------------ trends
+def trend_counts() -> AllCounts:
+    """Per 7-day window (newest first): X 9 now after 1 a window before; Y 8 now after 8 each window; Z 2 now."""
+    trends: dict[int, dict[str, int]] = {DAY: {"X": 9, "Y": 8, "Z": 2}}
+    for k in range(1, 5):
+        trends[DAY - 7 * k] = {"Y": 8, **({"X": 1} if k == 1 else {})}
+    return AllCounts(total={("A", "B"): {"X": 1, "Y": 5, "Z": 1}}, daily={DAY: {("A", "B"): {"X": 1, "Y": 5, "Z": 1}}},
+                     trends=trends)
+
+
+def test_trend_rows_compare_a_window_with_the_mean_of_the_previous_ones() -> None:
+    rows = trend_rows(trend_counts(), T0, (7,))
+    assert rows == {("X", "7d"): (9, 0.25), ("Y", "7d"): (8, 8.0), ("Z", "7d"): (2, 0.0)}
+
+
+def test_trending_ranks_by_score_and_excludes_the_users_clusters(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, trend_counts(), T0)
+    kb.write_partition_counts(1, AllCounts(trends={DAY: {"Z": 1}, DAY - 7: {"W": 3}}), T0)
+    # X: 10/1.25 = 8; Z: 4/1 = 4; Y: 9/9 = 1; W has no engagement in the window
+    assert kb.trending() == [("X", 8.0, 9), ("Z", 4.0, 3), ("Y", 1.0, 8)]
+    assert kb.trending(n=1, exclude={"X"}) == [("Z", 4.0, 3)]
+    # 30 days hold all the history, so every baseline is 0 and the score is count + 1 (W and Z tie: by id)
+    assert kb.trending(window="30d") == [("Y", 41.0, 40), ("X", 11.0, 10), ("W", 4.0, 3), ("Z", 4.0, 3)]
+
+
+def test_top_next_by_trend_prefers_trending_next_clusters(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, trend_counts(), T0)
+    assert kb.top_next("A", "B") == [("Y", 5), ("X", 1), ("Z", 1)]
+    assert kb.top_next("A", "B", by="trend") == [("X", 1), ("Z", 1), ("Y", 5)]
+    with pytest.raises(ValueError):
+        kb.top_next("A", "B", by="recency")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ clusters
+def cluster_set(version: str = VERSION) -> ClusterSet:
+    clusters = [
+        Cluster("c0", "Horror 90s", ("Horror", "Low-Rated", "90s"), 60),
+        Cluster("c1", "Children's Animation 50s-80s", ("Children's", "Animation", "Musical", "50s-80s"), 25),
+        Cluster("c2", "Film-Noir Thriller 40s-60s", ("Film-Noir", "Thriller", "Mystery", "40s-60s"), 50),
+        Cluster("c3", "Popular Romance Comedy 90s", ("Popular", "Romance", "Comedy", "90s"), 56),
+    ]
+    return ClusterSet(version=version, item_to_cluster={}, clusters={c.id: c for c in clusters})
+
+
+def test_search_finds_clusters_by_name_keyword_and_synonym(kb: KnowledgeStore) -> None:
+    assert kb.search_clusters("horror") == []
+    kb.upsert_clusters(cluster_set())
+    assert kb.search_clusters("animation")[0][:2] == ("c1", "Children's Animation 50s-80s")
+    assert kb.search_clusters("noir")[0][0] == "c2"
+    assert kb.search_clusters("scary movies")[0][0] == "c0"
+    assert kb.search_clusters("something funny and romantic", n=1)[0][0] == "c3"
+    hits = kb.search_clusters("horror", n=4)
+    assert hits[0][0] == "c0" and len(hits) == 4
+    assert hits == sorted(hits, key=lambda h: -h[2]) and 0.0 < hits[0][2] <= 1.0 + 1e-6
+    assert kb.search_clusters("") == []
+
+
+def test_upserting_clusters_replaces_the_versions_set(tmp_path: Path) -> None:
+    kb = store(tmp_path)
+    kb.upsert_clusters(cluster_set())
+    smaller = cluster_set()
+    kb.upsert_clusters(ClusterSet(VERSION, {}, {"c0": smaller.clusters["c0"]}))
+    assert [h[0] for h in kb.search_clusters("animation comedy horror", n=5)] == ["c0"]
+    other = KnowledgeStore(str(tmp_path / "lancedb"), "c4-other", refresh_s=0.0)
+    other.upsert_clusters(cluster_set("c4-other"))
+    assert [h[0] for h in kb.search_clusters("animation", n=5)] == ["c0"]
+    with pytest.raises(ValueError, match="c4-other"):
+        kb.upsert_clusters(cluster_set("c4-other"))
+
+
+# ------------------------------------------------------------------------------------------------ versions, processes
+def test_clusters_versions_coexist(tmp_path: Path) -> None:
+    old, new = store(tmp_path), KnowledgeStore(str(tmp_path / "lancedb"), "c5-next", refresh_s=0.0)
+    old.write_partition_counts(0, counts({("A", "B"): {"C": 1}}), T0)
+    new.write_partition_counts(0, counts({("A", "B"): {"D": 7}}), T0)
+    assert old.top_next("A", "B") == [("C", 1)] and new.top_next("A", "B") == [("D", 7)]
+    assert old.knowledge_version().startswith(f"{VERSION}@")
+    old.delete_clusters_version()
+    assert old.top_next("A", "B") == [] and new.top_next("A", "B") == [("D", 7)]
+
+
+def test_another_instance_sees_the_writes(tmp_path: Path) -> None:
+    writer = store(tmp_path)
+    strict, eventual = store(tmp_path), store(tmp_path, refresh_s=1.0)  # opened before the writes, as readers are
+    assert eventual.top_next("A", "B") == []
+    before = strict.knowledge_version()
+    writer.write_partition_counts(0, counts({("A", "B"): {"C": 2}}), T0)
+    assert strict.top_next("A", "B") == [("C", 2)]
+    assert strict.knowledge_version() != before
+    deadline = time.monotonic() + 5.0
+    while eventual.top_next("A", "B") != [("C", 2)]:
+        assert time.monotonic() < deadline, "a reader with refresh_s=1 did not see the write within 5 s"
+        time.sleep(0.05)
+    writer.write_partition_counts(0, counts({("A", "B"): {"C": 3}}), T0)
+    eventual.refresh()
+    assert eventual.top_next("A", "B") == [("C", 3)]
+
+
+def test_a_partition_taken_over_by_another_writer_is_rewritten_whole(tmp_path: Path) -> None:
+    first, second = store(tmp_path), store(tmp_path)
+    first.write_partition_counts(0, counts({("A", "B"): {"C": 1}}), T0)
+    second.write_partition_counts(0, counts({("A", "B"): {"D": 2}}), T0)  # its first write: compares with the table
+    assert second.top_next("A", "B") == [("D", 2)]
+    first.release_partition(0)  # it got the partition back
+    first.write_partition_counts(0, counts({("A", "B"): {"E": 3}}), T0, pairs=set())
+    assert first.top_next("A", "B") == [("E", 3)]
+
+
+def _write_many(root: str, partition: int, writes: int) -> None:
+    """A worker process: its own partition, many small writes, compacting often."""
+    kb = KnowledgeStore(str(Path(root) / "lancedb"), VERSION, compact_every_writes=5, compact_every_s=None)
+    for i in range(writes):
+        kb.write_partition_counts(partition, counts({("A", "B"): {"C": i + 1, "D": partition + 1}}), T0,
+                                  pairs={("A", "B")})
+
+
+def test_writer_processes_started_together_do_not_disturb_each_other(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")  # LanceDB's runtime does not survive fork
+    workers = [spawn.Process(target=_write_many, args=(str(tmp_path), p, 20)) for p in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert store(tmp_path).top_next("A", "B") == [("C", 40), ("D", 3)]
+
+
+# ------------------------------------------------------------------------------------------------ compaction
+def test_fragments_stay_bounded_with_auto_compaction(tmp_path: Path) -> None:
+    kb = store(tmp_path, compact_every_writes=20, compact_every_s=None)
+    for i in range(200):
+        trends = {DAY: {"C": i // 10 + 1}}  # trends change less often: then only the transitions table is written
+        kb.write_partition_counts(i % 2, counts({("A", "B"): {"C": i + 1}}, trends=trends), T0, pairs={("A", "B")})
+        if i % 5 == 4:
+            assert max(kb.fragment_counts().values()) <= 21
+    assert kb.top_next("A", "B") == [("C", 199 + 200)]
+    kb.compact()
+    assert kb.fragment_counts() == {"transitions": 1, "trends": 1, "clusters": 0}
+
+
+def test_compaction_also_runs_on_a_timer(tmp_path: Path) -> None:
+    now = [0.0]
+    kb = store(tmp_path, compact_every_writes=None, compact_every_s=10.0, clock=lambda: now[0])
+    total: TransitionCounts = {}
+    for i in range(5):
+        total[(f"A{i}", "B")] = {"C": i + 1}
+        kb.write_partition_counts(0, counts(total), T0)
+    assert kb.fragment_counts()["transitions"] == 5
+    now[0] = 10.0
+    kb.write_partition_counts(0, counts(total), T0)
+    assert kb.fragment_counts()["transitions"] == 1
+    assert kb.top_next("A4", "B") == [("C", 5)]
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+def test_transition_rows_and_diffs() -> None:
+    all_counts = counts({("A", "B"): {"C": 2, "D": 0}, ("B", "C"): {"A": 1}})
+    rows = transition_rows(all_counts, T0, (7,), pairs={("A", "B")})
+    assert rows == {("A", "B", "C", "all"): 2, ("A", "B", "C", "7d"): 2}
+    written = PartitionRows.of(DAY, 0.0, rows, {})
+    changed, gone = diff(written.transitions({("A", "B")}), {("A", "B", "C", "all"): 3})
+    assert changed == {("A", "B", "C", "all"): 3} and gone == [("A", "B", "C", "7d")]
+    written.replace({("A", "B")}, changed)
+    assert written.transitions(None) == changed
+
+
+def test_the_embedding_is_deterministic_and_normalised() -> None:
+    embedder = HashingEmbedder()
+    vectors = embedder.encode(["Sci-Fi Action 90s", "Sci-Fi Action 90s", ""])
+    assert vectors.shape == (3, 256) and vectors.dtype == np.float32
+    assert np.array_equal(vectors[0], vectors[1]) and abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-6
+    assert not vectors[2].any()
+    assert words("Children's Sci-Fi")[:4] == ["children", "sci", "fi", "scifi"]
+    assert "horror" in words("scary")
