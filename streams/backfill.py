@@ -16,7 +16,7 @@ from pathlib import Path
 
 from streams.app import consumer_group
 from streams.kafka_config import confluent_config
-from streams.offsets import caught_up
+from streams.offsets import caught_up, retry_retriable
 from streams.settings import Settings
 from streams.topics import INTERACTIONS, topic_name
 from streams.worker_process import free_port, run_worker, wait_until
@@ -56,7 +56,9 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
-def _group_offsets(settings: Settings, group: str, topic: str, from_ts: float) -> tuple[dict[int, int], dict[int, int], bool]:
+def _group_offsets(
+    settings: Settings, group: str, topic: str, from_ts: float
+) -> tuple[dict[int, int], dict[int, int], bool]:
     """(start offsets for from_ts, end offsets now, whether the group has committed offsets already)."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -66,16 +68,18 @@ def _group_offsets(settings: Settings, group: str, topic: str, from_ts: float) -
         if metadata is None or metadata.error is not None:
             raise BackfillError(f"topic {topic} does not exist: run `explorer topics create`")
         partitions = sorted(metadata.partitions)
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        committed = retry_retriable(lambda: consumer.committed(assigned, timeout=10))
         has_committed = any(tp.offset >= 0 for tp in committed)
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         # Kafka record timestamps are the producer's create time; replayed events carry their event time in the value,
         # so `from_ts` is matched against the record timestamp (publish time) — 0 means the whole retained topic.
         wanted = [TopicPartition(topic, p, int(from_ts * 1000)) for p in partitions]
-        found = consumer.offsets_for_times(wanted, timeout=10)
+        found = retry_retriable(lambda: consumer.offsets_for_times(wanted, timeout=10))
         starts = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition]) for tp in found}
         if not has_committed:
-            consumer.commit(offsets=[TopicPartition(topic, p, starts[p]) for p in partitions], asynchronous=False)
+            start_at = [TopicPartition(topic, p, starts[p]) for p in partitions]
+            retry_retriable(lambda: consumer.commit(offsets=start_at, asynchronous=False))
         return starts, ends, has_committed
     finally:
         consumer.close()

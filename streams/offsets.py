@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from streams.kafka_config import confluent_config
 from streams.settings import Settings
+
+T = TypeVar("T")
+
+
+def retry_retriable(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Run `call`, retrying while Kafka answers with a retriable error — e.g. NOT_COORDINATOR or
+    COORDINATOR_LOAD_IN_PROGRESS while a fresh cluster is still creating `__consumer_offsets`."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = getattr(error, "retriable", lambda: False)()
+            if not retriable or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -23,7 +48,8 @@ def committed_offsets(settings: Settings, group: str, topic: str, partitions: li
 
     consumer = Consumer(confluent_config(settings, **{"group.id": group, "enable.auto.commit": False}))
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        committed = retry_retriable(lambda: consumer.committed(wanted, timeout=10))
         return {tp.partition: tp.offset for tp in committed}
     finally:
         consumer.close()
