@@ -58,6 +58,9 @@ def make_producer(settings: Settings):  # -> confluent_kafka.Producer
         settings,
         **{
             "enable.idempotence": True,
+            # The Java client's (and aiokafka's) default: a user's events land on the same partition whichever
+            # client produced them, which per-user state depends on.
+            "partitioner": "murmur2_random",
             "acks": "all",
             "linger.ms": 10,
             "batch.num.messages": 10_000,

@@ -44,3 +44,21 @@ def test_replay_5000_movielens_events_and_consume_them_back(isolated_settings, m
     assert all(len(partitions) == 1 for partitions in seen_partitions.values())
     for entries in per_partition.values():
         assert entries == sorted(entries)
+
+
+def test_replay_partitions_keys_like_the_java_client(isolated_settings):
+    """Per-user state needs every producer (Java upstreams, Faust/aiokafka, our replay) to agree on the partition."""
+    from aiokafka.partitioner import murmur2
+
+    from streams.records import InteractionEvent
+    from streams.replay import publish_events
+
+    settings = isolated_settings
+    users = [str(u) for u in range(1, 60)]
+    events = [InteractionEvent(f"p-{u}", u, "1", 881250949.0, "rating", 4.0) for u in users]
+    publish_events(settings, events)
+    messages = consume_all(settings, topic_name(settings, INTERACTIONS), expected=len(users))
+    partitions = settings.interactions_partitions
+    for message in messages:
+        expected_partition = (murmur2(message.key()) & 0x7FFFFFFF) % partitions
+        assert message.partition() == expected_partition
