@@ -16,7 +16,7 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from models.transitions import USER_PREFIX, PartitionedTransitions
+from models.transitions import DAILY_PREFIX, SEP, TOTAL_PREFIX, USER_PREFIX, PartitionedTransitions
 
 if TYPE_CHECKING:
     import faust
@@ -60,6 +60,7 @@ class PartitionStore(MutableMapping[str, Any]):
         self._prefix = f"{partition}/"
         self._pending: dict[str, Any] = {}
         self.changed_since_sync = False  # set on every write; cleared by the knowledge sync
+        self.changed_pairs: set[tuple[str, str]] = set()  # (c1, c2) whose counts changed since the last sync
         self.latest_ts = 0.0  # latest event time seen on this partition: the end of the rolling windows
 
     def __getitem__(self, key: str) -> Any:
@@ -86,6 +87,14 @@ class PartitionStore(MutableMapping[str, Any]):
         if not self._pending:
             return 0
         pending, self._pending = self._pending, {}
+        for key in pending:
+            # "t:c1|c2|c3" and "d:<day>:c1|c2|c3" (a late event can move a transition between days alone)
+            if key.startswith(TOTAL_PREFIX):
+                c1, c2, _ = key[len(TOTAL_PREFIX):].split(SEP)
+                self.changed_pairs.add((c1, c2))
+            elif key.startswith(DAILY_PREFIX):
+                c1, c2, _ = key.rsplit(":", 1)[1].split(SEP)
+                self.changed_pairs.add((c1, c2))
         ordered = sorted(pending.items(), key=lambda item: item[0].startswith(USER_PREFIX))  # stable: False first
         for key, value in ordered:
             if value is None:

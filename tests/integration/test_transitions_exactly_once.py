@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from models.clusters import load_serving
+from models.knowledge import KnowledgeStore
 from models.reference import reference_counts
 from streams.app import consumer_group
 from streams.movielens import load_ratings
@@ -42,9 +43,19 @@ def assert_counts_match_reference(settings, ratings):
 def test_full_movielens_replay_matches_the_reference(counting_settings, movielens_dir, tmp_path):
     settings = counting_settings
     ratings = load_ratings(movielens_dir)
+    clusters = load_serving(settings)
+    expected = reference_counts(ratings, clusters.cluster_of, settings)
+    busiest = sorted(expected.total, key=lambda pair: -sum(expected.total[pair].values()))[:25]
+    knowledge = KnowledgeStore.from_settings(settings, clusters.version, refresh_s=0.0)
+
+    def retrieval_matches() -> bool:
+        return all(dict(knowledge.top_next(c1, c2, n=100)) == expected.total[(c1, c2)] for c1, c2 in busiest)
+
     with run_worker(settings, tmp_path) as worker:
         publish_events(settings, (r.to_event() for r in ratings))
         wait_until(lambda: caught_up(settings), 600, "the worker to commit the whole replay", poll_s=1.0)
+        # The knowledge sync runs on its own cadence: retrieval (RAG) converges to the exact counts.
+        wait_until(retrieval_matches, 60, "LanceDB retrieval to match the reference counts", poll_s=0.5)
         assert worker.alive(), worker.log_tail()
     assert_counts_match_reference(settings, ratings)
 
