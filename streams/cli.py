@@ -242,10 +242,16 @@ def demo(
     table.add_row("events consumed by the worker", f"{metrics.get('explorer_events_in_total', 0):,.0f}")
     table.add_row("valid / dead-lettered", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}")
     table.add_row("worker catch-up after replay", f"{worker_seconds:.1f}s")
-    applied = metrics.get('explorer_transition_events{outcome=applied}', 0)
-    table.add_row("positive engagements counted", f"{applied:,.0f} (clusters {clusters.version})")
-    table.add_row("distinct transitions (c1, c2) -> c3", f"{sum(len(row) for row in counts.total.values()):,}")
+    engagements = sum(sum(row.values()) for row in counts.trends.values())
+    transitions_total = sum(sum(row.values()) for row in counts.total.values())
+    table.add_row("positive engagements in the state", f"{engagements:,} (clusters {clusters.version})")
+    table.add_row("transitions (c1, c2) -> c3 counted", f"{transitions_total:,} over "
+                  f"{sum(len(row) for row in counts.total.values()):,} distinct")
     out.print(table)
+    if rejected:
+        console.print("[dim]Dead letters on a re-run are expected: events that were already counted and are older "
+                      "than the lateness horizon come back as 'too_late' (they never count twice); see the "
+                      "interactions.dlq topic for each reason.[/]")
     top = sorted(((n, pair, c3) for pair, row in counts.total.items() for c3, n in row.items()), reverse=True)[:8]
     transitions = Table("users who explored ...", "... then explored", "count", title="top interest transitions")
     names = {cid: cluster.name for cid, cluster in clusters.clusters.items()}
