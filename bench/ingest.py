@@ -100,8 +100,8 @@ def main() -> None:
         rejected = sum(v for k, v in metrics.items() if k.startswith("explorer_events_rejected_total"))
         rows += [
             (f"Faust validation agent, {count} worker(s)", f"{rate:,.0f} events/s"),
-            (f"  ratio to ceiling", f"{rate / ceiling:.3f}  (target >= 0.2)"),
-            (f"  valid / rejected", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}"),
+            ("  ratio to ceiling", f"{rate / ceiling:.3f}  (target >= 0.2)"),
+            ("  valid / rejected", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}"),
         ]
     print_table(rows)
 
