@@ -12,9 +12,14 @@ if TYPE_CHECKING:
 
 
 def register_all(app: "faust.App", context: "AppContext", clusters: "ClusterSet | None") -> None:
-    from agents import ingest, knowledge_sync, transitions
+    from agents import ingest, knowledge_sync, pair_refresh, profiles, recommender, transitions
 
     ingest.register(app, context)
     if clusters is not None:
         runtime = transitions.register(app, context, clusters)
         knowledge_sync.register(app, context, clusters, runtime)
+        user_profiles = profiles.register(app, context)
+        if context.settings.recommendations_enabled:
+            services = recommender.register(app, context, clusters, runtime, user_profiles)
+            if context.settings.pair_refresh_enabled:
+                pair_refresh.register(app, context, services)

@@ -349,6 +349,18 @@ class KnowledgeStore:
             raise ValueError(f"by is 'count' or 'trend', not {by!r}")
         return [(c3, counts[c3]) for c3 in order[:n]]
 
+    def all_top_next(self, n: int = 5, window: str = ALL) -> dict[Pair, list[tuple[str, int]]]:
+        """`top_next(c1, c2, n, window)` of every pair with counts, from one scan (the pair table's change check)."""
+        where = f"{self._version_filter} AND `window` = {sql_str(self._checked(window))}"
+        found = self._select(self._transitions, where, ["c1", "c2", "c3", "count"])
+        counts: dict[Pair, dict[str, int]] = {}
+        for c1, c2, c3, count in zip(found["c1"].to_pylist(), found["c2"].to_pylist(), found["c3"].to_pylist(),
+                                     found["count"].to_pylist(), strict=True):
+            row = counts.setdefault((c1, c2), {})
+            row[c3] = row.get(c3, 0) + count
+        return {pair: sorted(((c3, k) for c3, k in row.items() if k), key=lambda item: (-item[1], item[0]))[:n]
+                for pair, row in counts.items() if any(row.values())}
+
     def trending(self, n: int = 10, window: str | None = None, exclude: Collection[str] = ()
                  ) -> list[tuple[str, float, int]]:
         """``(cluster, score, count)`` of clusters engaged with in ``window`` (default: the shortest), highest trend

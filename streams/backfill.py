@@ -104,6 +104,7 @@ def run_backfill(
     worker_settings = settings.model_copy(update={
         "serving_clusters_version": clusters_version,
         "dead_letters": False,
+        "recommendations_enabled": False,  # the serving workers answer requests; a backfill only counts
         "web_port": free_port(),
     })
     started = time.monotonic()

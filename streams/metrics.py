@@ -42,5 +42,37 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+        self.requests_in = Counter("explorer_requests_in", "Recommendation requests consumed", registry=r)
+        self.requests_rejected = Counter(
+            "explorer_requests_rejected", "Recommendation requests sent to the dead-letter topic", ["reason"],
+            registry=r,
+        )
+        self.recommendations_out = Counter(
+            "explorer_recommendations_out", "Recommendations produced, by source of the novel cluster", ["source"],
+            registry=r,
+        )
+        self.duplicate_requests = Counter(
+            "explorer_duplicate_requests", "Requests whose request_id was answered before (the same answer is re-sent)",
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "explorer_request_seconds", "Request consumed to recommendation sent, by source", ["source"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.llm_failures = Counter(
+            "explorer_llm_failures", "LLM calls that failed or timed out (answered by the fallback)", ["reason"],
+            registry=r,
+        )
+        self.pair_inferences = Counter(
+            "explorer_pair_inferences", "Pair-table rows (re-)inferred by this worker", ["trigger"], registry=r
+        )
+        self.pair_refresh_lag = Histogram(
+            "explorer_pair_refresh_lag_seconds", "Knowledge change seen to pair-table row re-inferred",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.pair_table_rows = Gauge(
+            "explorer_pair_table_rows", "Pair-table rows this worker serves from, for the current model", registry=r
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

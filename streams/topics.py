@@ -37,11 +37,11 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             RECOMMENDATION_REQUESTS,
             topic_name(settings, RECOMMENDATION_REQUESTS),
-            settings.requests_partitions,
+            settings.resolved_requests_partitions(),
             rf,
             {},
         ),
-        TopicSpec(RECOMMENDATIONS, topic_name(settings, RECOMMENDATIONS), settings.requests_partitions, rf, {}),
+        TopicSpec(RECOMMENDATIONS, topic_name(settings, RECOMMENDATIONS), settings.resolved_requests_partitions(), rf, {}),
     ]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from streams.records import InteractionEvent
+from streams.records import InteractionEvent, RecommendationRequest
 from streams.settings import Settings
 
 MAX_ID_LENGTH = 256
@@ -122,3 +122,41 @@ def _check_string(name: str, value: object, max_length: int) -> Rejection | None
 def _json_type(value: object) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
             int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+MAX_K = 100
+
+
+def validate_request(key: bytes | None, raw: bytes | None, max_bytes: int = 16_384
+                     ) -> RecommendationRequest | Rejection:
+    """A recommendation request (contract: request_id, user_id, ts, k) or the reason it cannot be served."""
+    if raw is None:
+        return Rejection("malformed_json", "empty record value (tombstone); a request must be a JSON object")
+    if len(raw) > max_bytes:
+        return Rejection("oversized", f"payload is {len(raw)} bytes, limit is {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("malformed_json", f"not valid UTF-8 JSON: {exc}")
+    if type(obj) is not dict:
+        return Rejection("not_an_object", f"request must be a JSON object, got {type(obj).__name__}")
+    for name in ("request_id", "user_id"):
+        if name not in obj:
+            return Rejection("missing_field", f"required field '{name}' is missing")
+        problem = _check_string(name, obj[name], MAX_ID_LENGTH)
+        if problem:
+            return problem
+    ts = obj.get("ts", 0.0)
+    if type(ts) not in (int, float) or not math.isfinite(ts):
+        return Rejection("wrong_type", f"'ts' must be a finite number, got {_json_type(ts)}")
+    k = obj.get("k", 10)
+    if type(k) is not int:
+        return Rejection("wrong_type", f"'k' must be an integer, got {_json_type(k)}")
+    if not 1 <= k <= MAX_K:
+        return Rejection("bad_value", f"'k' must be between 1 and {MAX_K}, got {k}")
+    user_id = obj["user_id"]
+    if key is None or key.decode("utf-8", "replace") != user_id:
+        shown = None if key is None else key[:80].decode("utf-8", "replace")
+        return Rejection("key_mismatch", f"record key {shown!r} must equal user_id {user_id[:80]!r} (requests are "
+                                         "served where the user's state is: on the user's partition)")
+    return RecommendationRequest(request_id=obj["request_id"], user_id=user_id, ts=float(ts), k=k)

@@ -54,7 +54,6 @@ def isolated_settings(kafka_settings: Settings, tmp_path) -> Settings:
         "data_dir": tmp_path / "data",
         "web_port": free_port(),
         "interactions_partitions": 4,
-        "requests_partitions": 2,
     })
     create_topics(settings)
     return settings
@@ -76,3 +75,28 @@ def clusters_data_dir(tmp_path_factory, movielens_dir):
     data_dir = tmp_path_factory.mktemp("clusters-data")
     build_clusters(Settings(data_dir=data_dir, movielens_dir=movielens_dir))
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def serving_data_dir(tmp_path_factory, clusters_data_dir, movielens_dir):
+    """Clusters plus a quickly trained sequence model (3 epochs): what a worker needs to serve recommendations."""
+    import shutil
+
+    from models.sequence import train_and_save
+
+    data_dir = tmp_path_factory.mktemp("serving-data")
+    shutil.copytree(clusters_data_dir / "clusters", data_dir / "clusters")
+    train_and_save(Settings(data_dir=data_dir, movielens_dir=movielens_dir, sequence_max_epochs=3,
+                            sequence_budget_s=60.0), progress=False)
+    return data_dir
+
+
+@pytest.fixture
+def serving_settings(isolated_settings, serving_data_dir, movielens_dir) -> Settings:
+    """Isolated settings over a private copy of the serving data (clusters, sequence model; no LanceDB yet)."""
+    import shutil
+
+    data_dir = isolated_settings.data_dir
+    for folder in ("clusters", "models"):
+        shutil.copytree(serving_data_dir / folder, data_dir / folder)
+    return isolated_settings.model_copy(update={"movielens_dir": movielens_dir})

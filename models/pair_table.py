@@ -1,0 +1,197 @@
+"""The pair table: the LLM's novel-cluster answer for every cluster pair (c1, c2), computed ahead of requests.
+
+As the industry system serves it (arXiv 2405.16363): a user's two most recent distinct clusters are looked up in
+a table filled in bulk, so serving never waits for the LLM on a hit. Rows live in LanceDB next to the knowledge
+they were inferred from, one per ``(clusters_version, model_version, c1, c2)``, tagged with the knowledge they saw:
+
+* ``fingerprint`` -- the pair's top next cluster ids (the retrieved knowledge that shapes the prompt). When the
+  streaming knowledge changes a pair's fingerprint, only that pair is re-inferred (agents/pair_refresh.py);
+  counts alone moving does not trigger a re-inference (the same clusters, in the same order, are retrieved);
+* ``knowledge_version`` -- the knowledge store's table versions at inference time, for audit.
+
+Rows of an older model version keep serving a pair until the new version has answered it (a model hot swap
+re-infers the table in the background).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import lancedb
+import orjson
+import pyarrow as pa
+
+from models.knowledge import sql_str
+from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge
+
+if TYPE_CHECKING:
+    from models.clusters import ClusterSet
+    from models.knowledge import KnowledgeStore
+    from models.llm import NovelClusterPredictor
+    from streams.settings import Settings
+
+PAIRS = "pair_predictions"
+PAIR_KEY = ["clusters_version", "model_version", "c1", "c2"]
+PAIRS_SCHEMA = pa.schema([
+    ("clusters_version", pa.string()), ("model_version", pa.string()), ("c1", pa.string()), ("c2", pa.string()),
+    ("novel", pa.string()), ("fingerprint", pa.string()), ("knowledge_version", pa.string()),
+    ("top_next", pa.string()), ("inference_ms", pa.float64()), ("updated_at", pa.float64()),
+])
+
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PairPrediction:
+    c1: str
+    c2: str
+    novel: str
+    model_version: str
+    knowledge_version: str
+    fingerprint: tuple[str, ...]  # the top next cluster ids the prompt showed
+    top_next: tuple[tuple[str, int], ...] = ()
+    inference_ms: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def pair(self) -> Pair:
+        return (self.c1, self.c2)
+
+
+def fingerprint(top_next: Sequence[tuple[str, int]], history: Pair) -> tuple[str, ...]:
+    """What of the retrieved knowledge the prompt shows for `history`: its top next clusters outside the pair."""
+    return tuple(c3 for c3, _ in top_next if c3 not in history)[:MAX_TOP_NEXT]
+
+
+def all_pairs(clusters: ClusterSet) -> list[Pair]:
+    ids = list(clusters.clusters)
+    return [(c1, c2) for c1 in ids for c2 in ids if c1 != c2]
+
+
+def pair_owner(pair: Pair, partitions: int) -> int:
+    """The interactions partition whose worker keeps this pair fresh (stable across processes and restarts)."""
+    from streams.partitioning import murmur2_partition
+
+    return murmur2_partition(f"{pair[0]}|{pair[1]}".encode(), partitions)
+
+
+def infer(predictor: NovelClusterPredictor, pair: Pair, top_next: Sequence[tuple[str, int]], trending: Sequence[str],
+          knowledge_version: str, clock: Callable[[], float] = time.time) -> PairPrediction:
+    """One pair's answer from the LLM with this retrieved knowledge (the same prompt a request-time miss uses)."""
+    shown = [(c3, n) for c3, n in top_next if c3 not in pair][:MAX_TOP_NEXT]
+    prediction = predictor.predict(pair, Knowledge(top_next=shown, trending=list(trending)[:MAX_TRENDING]))
+    return PairPrediction(c1=pair[0], c2=pair[1], novel=prediction.cluster_id, model_version=predictor.model_version,
+                          knowledge_version=knowledge_version, fingerprint=fingerprint(shown, pair),
+                          top_next=tuple(shown), inference_ms=prediction.elapsed_s * 1000, updated_at=clock())
+
+
+class PairTable:
+    """Pair predictions of one clusters version in the LanceDB at `uri` (any writer; rows are keyed upserts)."""
+
+    def __init__(self, uri: str, clusters_version: str, refresh_s: float = 1.0,
+                 storage_options: dict[str, str] | None = None) -> None:
+        self.clusters_version = clusters_version
+        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=refresh_s),
+                                   storage_options=storage_options)
+        self._table = self._db.create_table(PAIRS, schema=PAIRS_SCHEMA, exist_ok=True)
+        self._writes = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clusters_version: str, **options: Any) -> PairTable:
+        return cls(settings.resolved_lancedb_uri(), clusters_version, **options)
+
+    def upsert(self, predictions: Iterable[PairPrediction]) -> int:
+        rows = [self._row(p) for p in predictions]
+        if not rows:
+            return 0
+        data = pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
+        (self._table.merge_insert(PAIR_KEY).when_matched_update_all().when_not_matched_insert_all().execute(data))
+        self._writes += 1
+        if self._writes % 50 == 0:  # many small upserts pile up fragments: compact now and then
+            self.compact()
+        return len(rows)
+
+    def load(self, model_version: str | None = None) -> dict[str, dict[Pair, PairPrediction]]:
+        """model_version -> pair -> prediction (one model version, or all of them)."""
+        where = f"clusters_version = {sql_str(self.clusters_version)}"
+        if model_version is not None:
+            where += f" AND model_version = {sql_str(model_version)}"
+        found = self._table.search().where(where).limit(None).to_arrow().to_pylist()
+        loaded: dict[str, dict[Pair, PairPrediction]] = {}
+        for row in found:
+            prediction = _prediction(row)
+            loaded.setdefault(prediction.model_version, {})[prediction.pair] = prediction
+        return loaded
+
+    def count(self) -> int:
+        return int(self._table.count_rows(f"clusters_version = {sql_str(self.clusters_version)}"))
+
+    def fragments(self) -> int:
+        return len(self._table.to_lance().get_fragments())
+
+    def compact(self) -> None:
+        self._table.optimize(cleanup_older_than=timedelta(seconds=60))
+
+    def _row(self, prediction: PairPrediction) -> dict[str, Any]:
+        return {"clusters_version": self.clusters_version, "model_version": prediction.model_version,
+                "c1": prediction.c1, "c2": prediction.c2, "novel": prediction.novel,
+                "fingerprint": "|".join(prediction.fingerprint), "knowledge_version": prediction.knowledge_version,
+                "top_next": orjson.dumps(prediction.top_next).decode(), "inference_ms": prediction.inference_ms,
+                "updated_at": prediction.updated_at}
+
+
+def _prediction(row: Mapping[str, Any]) -> PairPrediction:
+    return PairPrediction(c1=row["c1"], c2=row["c2"], novel=row["novel"], model_version=row["model_version"],
+                          knowledge_version=row["knowledge_version"],
+                          fingerprint=tuple(c for c in row["fingerprint"].split("|") if c),
+                          top_next=tuple((c, int(n)) for c, n in orjson.loads(row["top_next"])),
+                          inference_ms=row["inference_ms"], updated_at=row["updated_at"])
+
+
+@dataclass(frozen=True)
+class BulkReport:
+    pairs: int
+    with_knowledge: int
+    seconds: float
+    mean_inference_ms: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+
+def bulk_order(clusters: ClusterSet, knowledge: Mapping[Pair, Sequence[tuple[str, int]]]) -> list[Pair]:
+    """Every pair, the busiest (most transitions seen) first: a partial build already serves most requests."""
+    weight = {pair: sum(n for _, n in rows) for pair, rows in knowledge.items()}
+    return sorted(all_pairs(clusters), key=lambda pair: (-weight.get(pair, 0), pair))
+
+
+def build(predictor: NovelClusterPredictor, store: KnowledgeStore, table: PairTable, clusters: ClusterSet,
+          pairs: Sequence[Pair] | None = None, on_progress: Callable[[int], None] | None = None,
+          batch: int = 64) -> BulkReport:
+    """Infer and store `pairs` (default: every ordered pair of distinct clusters) against the current knowledge."""
+    store.refresh()
+    knowledge = store.all_top_next(n=MAX_TOP_NEXT + 2)  # +2: the pair's own clusters may be among them
+    trending = [cid for cid, _, _ in store.trending(n=MAX_TRENDING)]
+    version = store.knowledge_version()
+    todo = list(pairs) if pairs is not None else bulk_order(clusters, knowledge)
+    started = time.perf_counter()
+    pending: list[PairPrediction] = []
+    inference_ms = 0.0
+    for pair in todo:
+        prediction = infer(predictor, pair, knowledge.get(pair, []), trending, version)
+        inference_ms += prediction.inference_ms
+        pending.append(prediction)
+        if len(pending) >= batch:
+            table.upsert(pending)
+            pending = []
+        if on_progress:
+            on_progress(1)
+    table.upsert(pending)
+    table.compact()
+    return BulkReport(pairs=len(todo), with_knowledge=sum(1 for p in todo if p in knowledge),
+                      seconds=time.perf_counter() - started, mean_inference_ms=inference_ms / max(1, len(todo)))

@@ -1,0 +1,119 @@
+"""The recommender agent against the real broker: every answer's novel cluster is a real cluster outside the user's
+history, every item belongs to it and is new to the user; duplicates get the same answer; bad requests are
+dead-lettered with a reason while the worker keeps serving."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from models.clusters import load_serving
+from models.recommend import FALLBACK, SOURCES
+from streams.movielens import load_ratings
+from streams.recommend_client import RecommendationClient
+from streams.replay import publish_events
+from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, RECOMMENDATION_REQUESTS, topic_name
+from tests.harness import consume_all, group_caught_up, run_worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def expected_histories(ratings, clusters, settings) -> dict[str, list[str]]:
+    """Per user: the last two entries of the collapsed cluster sequence of positive engagements (the contract)."""
+    histories: dict[str, list[str]] = {}
+    for rating in sorted(ratings, key=lambda r: (r.ts, r.to_event().event_id)):
+        cluster = clusters.cluster_of(rating.item_id)
+        if not settings.is_positive("rating", rating.rating) or cluster is None:
+            continue
+        tail = histories.setdefault(rating.user_id, [])
+        if not tail or tail[-1] != cluster:
+            histories[rating.user_id] = [*tail, cluster][-2:]
+    return histories
+
+
+def replay_and_wait(settings, ratings) -> None:
+    from streams.app import consumer_group
+
+    publish_events(settings, (r.to_event() for r in ratings))
+    group = consumer_group(settings, load_serving(settings).version)
+    wait_until(lambda: group_caught_up(settings, group, topic_name(settings, INTERACTIONS)), 300,
+               "the worker to commit the replay", poll_s=0.5)
+
+
+def check_answers(answers, ratings, settings) -> dict[str, int]:
+    clusters = load_serving(settings)
+    members = clusters.members()
+    histories = expected_histories(ratings, clusters, settings)
+    had: dict[str, set[str]] = {}
+    for rating in ratings:
+        had.setdefault(rating.user_id, set()).add(rating.item_id)
+    sources = {source: 0 for source in SOURCES}
+    for user_id, answer in answers.items():
+        rec = answer.recommendation
+        history = histories.get(user_id, [])
+        assert rec["user_id"] == user_id
+        assert rec["history_clusters"] == history, user_id
+        novel = rec["novel_cluster"]["id"]
+        assert novel in clusters.clusters and novel not in history
+        assert rec["novel_cluster"]["name"] == clusters.clusters[novel].name
+        assert 0 < len(rec["items"]) <= 10, rec
+        for item in rec["items"]:
+            assert item["item_id"] in members[novel]
+            assert item["item_id"] not in had[user_id]
+        assert rec["source"] in SOURCES
+        if len(history) < 2:
+            assert rec["source"] == FALLBACK
+        sources[rec["source"]] += 1
+    return sources
+
+
+def test_every_user_gets_a_novel_cluster_grounded_in_its_items(serving_settings, tmp_path):
+    settings = serving_settings
+    ratings = load_ratings(settings.movielens_dir)[:10_000]
+    users = sorted({r.user_id for r in ratings}, key=int)
+    with run_worker(settings, tmp_path) as worker:
+        replay_and_wait(settings, ratings)
+        with RecommendationClient(settings) as client:
+            ids = {user: client.send(user) for user in users}
+            answers = client.wait(ids.values(), timeout_s=600)
+            by_user = {user: answers[rid] for user, rid in ids.items()}
+            sources = check_answers(by_user, ratings, settings)
+            assert sources["table"] + sources["llm"] > len(users) / 2, sources  # the LLM path really serves
+
+            # A duplicated request (same request_id) gets the very same answer, even after more events arrived.
+            again = users[:5]
+            publish_events(settings, (r.to_event() for r in load_ratings(settings.movielens_dir)[10_000:10_500]))
+            for user in again:
+                client.answers.pop(ids[user])
+                client.send(user, request_id=ids[user])
+            repeated = client.wait([ids[u] for u in again], timeout_s=120)
+            for user in again:
+                assert repeated[ids[user]].recommendation == by_user[user].recommendation
+        assert worker.metric("explorer_duplicate_requests_total") == len(again)
+        assert worker.alive(), worker.log_tail()
+
+
+def test_bad_requests_are_dead_lettered_and_serving_goes_on(serving_settings, tmp_path):
+    from confluent_kafka import Producer
+
+    from streams.kafka_config import confluent_config
+
+    settings = serving_settings
+    ratings = load_ratings(settings.movielens_dir)[:2_000]
+    bad = [(b"1", b"{not json"), (b"1", orjson.dumps({"request_id": "r", "user_id": "2", "ts": 1.0})),
+           (b"1", orjson.dumps({"request_id": "r", "user_id": "1", "k": 0})), (b"1", b"[]"),
+           (b"1", orjson.dumps({"user_id": "1"}))]
+    with run_worker(settings, tmp_path) as worker:
+        replay_and_wait(settings, ratings)
+        producer = Producer(confluent_config(settings, **{"partitioner": "murmur2_random"}))
+        for key, value in bad:
+            producer.produce(topic_name(settings, RECOMMENDATION_REQUESTS), key=key, value=value)
+        producer.flush(10)
+        with RecommendationClient(settings) as client:
+            answer = client.recommend(ratings[0].user_id, timeout_s=120)
+        assert answer.recommendation["user_id"] == ratings[0].user_id
+        letters = consume_all(settings, topic_name(settings, INTERACTIONS_DLQ), expected=len(bad))
+        reasons = sorted(orjson.loads(m.value())["error"].split(":")[0] for m in letters)
+        assert reasons == sorted(["malformed_json", "key_mismatch", "bad_value", "not_an_object", "missing_field"])
+        assert all(orjson.loads(m.value())["topic"] == topic_name(settings, RECOMMENDATION_REQUESTS) for m in letters)
+        assert worker.alive(), worker.log_tail()
