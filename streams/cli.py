@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from streams import cli_serving
+from streams import cli_finetune
 from streams.cli_clusters import clusters_app
 from streams.settings import get_settings
 
@@ -28,6 +30,8 @@ app.add_typer(knowledge_app, name="knowledge")
 app.add_typer(clusters_app, name="clusters")
 app.add_typer(topics_app, name="topics")
 app.add_typer(replay_app, name="replay")
+cli_serving.register(app)
+cli_finetune.register(app)
 
 console = Console(stderr=True)
 out = Console()
@@ -183,8 +187,12 @@ def loadgen(
 def demo(
     limit: Annotated[Optional[int], typer.Option(help="Replay only the first N MovieLens ratings")] = None,
     keep_broker: Annotated[bool, typer.Option(help="Leave the local broker running afterwards")] = False,
+    users: Annotated[int, typer.Option(help="Request recommendations for this many sampled users")] = 20,
+    sequence_budget: Annotated[float, typer.Option(help="Training budget (s) of the sequence model if missing")]
+    = 300.0,
 ) -> None:
-    """The main job on the embedded default: local broker, topics, a worker, MovieLens replay, and a summary."""
+    """The main job on the embedded default: local broker, topics, clusters and sequence model (built if missing), a
+    worker, MovieLens replay, recommendations for a sample of users, and a summary."""
     import time
 
     from infra.broker import BrokerError, LocalBroker
@@ -205,6 +213,7 @@ def demo(
             broker.start()
         create_topics(settings)
         clusters = _ensure_clusters(settings)
+        _ensure_sequence_model(settings, sequence_budget)
         ratings = load_ratings(dataset_dir(settings))[: limit if limit is not None else None]
         log_dir = settings.resolved_data_dir() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +237,7 @@ def demo(
             group = consumer_group(settings, clusters.version)
             wait_until(lambda: offsets_caught_up(settings, group, topic_name(settings, INTERACTIONS)), 120,
                        "the worker to commit its state")
+            answers = _demo_recommendations(settings, ratings, users)
             metrics = worker.metrics()
         counts = read_state_counts(settings, clusters.version)
     except (BrokerError, DatasetError, ReplayError, StateNotFound, TimeoutError, RuntimeError) as exc:
@@ -252,6 +262,7 @@ def demo(
         console.print("[dim]Dead letters on a re-run are expected: events that were already counted and are older "
                       "than the lateness horizon come back as 'too_late' (they never count twice); see the "
                       "interactions.dlq topic for each reason.[/]")
+    _print_recommendations_summary(settings, answers)
     top = sorted(((n, pair, c3) for pair, row in counts.total.items() for c3, n in row.items()), reverse=True)[:8]
     transitions = Table("users who explored ...", "... then explored", "count", title="top interest transitions")
     names = {cid: cluster.name for cid, cluster in clusters.clusters.items()}
@@ -268,6 +279,56 @@ def _ensure_clusters(settings):  # -> ClusterSet
     except ClustersNotBuilt:
         with console.status("Building interest clusters (first run)..."):
             return build_clusters(settings)
+
+
+def _ensure_sequence_model(settings, budget_s: float) -> None:
+    from models.sequence import SequenceConfig, SequenceModelNotTrained, load_current, train_and_save
+
+    try:
+        load_current(settings)
+    except SequenceModelNotTrained:
+        console.print(f"Training the sequence recommender (first run, budget {budget_s:.0f}s)...")
+        train_and_save(settings, SequenceConfig.from_settings(settings, budget_s=budget_s), progress=True)
+
+
+def _demo_recommendations(settings, ratings, users: int) -> dict:
+    """Requests for a seeded sample of the replayed users, answered by the running worker: {user_id: Answer}."""
+    import random
+
+    from streams.recommend_client import RecommendationClient
+
+    everyone = sorted({r.user_id for r in ratings}, key=lambda u: (len(u), u))
+    sample = random.Random(2405).sample(everyone, min(users, len(everyone)))
+    with RecommendationClient(settings) as client, _progress() as progress:
+        task = progress.add_task("recommendations", total=len(sample))
+        answers = {}
+        for user in sample:  # one at a time: each latency is the system's, not a queue's
+            answers[user] = client.recommend(user, timeout_s=120)
+            progress.advance(task)
+    return answers
+
+
+def _print_recommendations_summary(settings, answers: dict) -> None:
+    import statistics
+
+    from streams.cli_serving import print_recommendation
+
+    if not answers:
+        return
+    recs = [a.recommendation for a in answers.values()]
+    novel = sum(1 for r in recs if r["novel_cluster"] and r["novel_cluster"]["id"] not in r["history_clusters"])
+    latencies = sorted(a.latency_s * 1000 for a in answers.values())
+    sources = {s: sum(1 for r in recs if r["source"] == s) for s in ("table", "llm", "fallback")}
+    table = Table("recommendations", "value")
+    table.add_row("users asked", str(len(recs)))
+    table.add_row("novel-cluster rate", f"{novel / len(recs):.0%} (novel cluster outside the user's history)")
+    table.add_row("sources", ", ".join(f"{k} {v}" for k, v in sources.items()))
+    table.add_row("distinct novel clusters", str(len({r["novel_cluster"]["id"] for r in recs})))
+    table.add_row("latency p50 / max", f"{statistics.median(latencies):.0f} / {latencies[-1]:.0f} ms "
+                  "(request -> answer through Kafka)")
+    out.print(table)
+    for answer in list(answers.values())[:3]:
+        print_recommendation(settings, answer.recommendation, answer.latency_s)
 
 
 def _progress() -> Progress:

@@ -270,3 +270,11 @@ def test_the_embedding_is_deterministic_and_normalised() -> None:
     assert not vectors[2].any()
     assert words("Children's Sci-Fi")[:4] == ["children", "sci", "fi", "scifi"]
     assert "horror" in words("scary")
+
+
+def test_all_top_next_equals_top_next_of_every_pair(kb: KnowledgeStore) -> None:
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 3, "D": 1}, ("B", "C"): {"A": 2, "D": 0}}), T0)
+    kb.write_partition_counts(1, counts({("A", "B"): {"C": 1, "E": 4, "F": 1}}), T0)
+    everything = kb.all_top_next(n=2)
+    assert everything == {pair: kb.top_next(*pair, n=2) for pair in [("A", "B"), ("B", "C")]}
+    assert everything[("A", "B")] == [("C", 4), ("E", 4)]

@@ -1,0 +1,126 @@
+"""Request -> recommendation latency through the real broker, for pair-table hits and for LLM misses, plus the
+pair table's bulk throughput.
+
+1. A worker counts the first `--ratings` MovieLens ratings (clusters built and a sequence model trained quickly
+   into a temporary data dir; the model's quality is not what is measured here).
+2. The pair table is built in bulk for the (c1, c2) pairs of half of those users (`explorer pairs build`'s code):
+   pairs/s and ms per pair; a whole ~40-cluster table (every ordered pair) extrapolated from it.
+3. The worker is restarted (it loads the table) with the background pair refresher OFF, so the LLM thread only
+   serves request-time misses; requests are sent one at a time (each latency is the system's, not a queue's):
+   users whose pair is in the table (hits), then one user per pair not in it (LLM misses).
+
+    python -m bench.recommend_latency [--ratings 20000] [--hits 200]
+
+Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`). Prints p50/p95/p99 per source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import isolated, print_table
+from models.clusters import build_clusters
+from models.knowledge import KnowledgeStore
+from models.llm import NovelClusterPredictor
+from models.pair_table import PairTable, all_pairs, build
+from models.sequence import SequenceConfig, train_and_save
+from streams.app import consumer_group
+from streams.movielens import dataset_dir, load_ratings
+from streams.offsets import caught_up
+from streams.recommend_client import RecommendationClient
+from streams.replay import publish_events
+from streams.settings import Settings
+from streams.state_reader import read_changelog
+from streams.topics import INTERACTIONS, topic_name
+from streams.worker_process import free_port, run_worker, wait_until
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def user_pairs(settings: Settings, clusters_version: str) -> dict[str, tuple[str, str]]:
+    """Each user's two latest distinct clusters, read from the durable transitions state."""
+    pairs = {}
+    for partition in read_changelog(settings, clusters_version).values():
+        for key, value in partition.items():
+            if key.startswith("u:") and len(value["t"]) == 2:
+                pairs[key[2:]] = (value["t"][0], value["t"][1])
+    return pairs
+
+
+def timed_requests(settings: Settings, users: list[str]) -> list[tuple[str, float]]:
+    results = []
+    with RecommendationClient(settings) as client:
+        for user in users:
+            answer = client.recommend(user, timeout_s=120)
+            results.append((answer.recommendation["source"], answer.latency_s * 1000))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratings", type=int, default=20_000)
+    parser.add_argument("--hits", type=int, default=200, help="table-hit requests")
+    parser.add_argument("--misses", type=int, default=40, help="LLM-miss requests (distinct pairs)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Settings(data_dir=Path(tmp) / "data", web_port=free_port(), pair_refresh_enabled=False)
+        settings = isolated(base, "latency")
+        clusters = build_clusters(settings)
+        train_and_save(settings, SequenceConfig.from_settings(settings, max_epochs=3), progress=False)
+        ratings = load_ratings(dataset_dir(settings, progress=False))[: args.ratings]
+        with run_worker(settings, Path(tmp)):
+            publish_events(settings, (r.to_event() for r in ratings))
+            group = consumer_group(settings, clusters.version)
+            wait_until(lambda: caught_up(settings, group, topic_name(settings, INTERACTIONS)), 600,
+                       "the worker to commit the replay", poll_s=0.5)
+            time.sleep(3 * settings.knowledge_sync_interval_s)  # let the last knowledge sync land in LanceDB
+
+        by_user = user_pairs(settings, clusters.version)
+        users = sorted(by_user, key=int)
+        distinct = sorted(set(by_user.values()))
+        table_pairs, miss_pairs = distinct[::2], distinct[1::2]
+        predictor = NovelClusterPredictor(settings, clusters, n_threads=settings.llm_threads)
+        store = KnowledgeStore.from_settings(settings, clusters.version)
+        report = build(predictor, store, PairTable.from_settings(settings, clusters.version), clusters, table_pairs)
+        predictor.close()
+
+        in_table = set(table_pairs)
+        hit_users = [u for u in users if by_user[u] in in_table][: args.hits]
+        miss_users, seen = [], set()
+        for user in users:
+            if by_user[user] in in_table or by_user[user] in seen:
+                continue
+            seen.add(by_user[user])
+            miss_users.append(user)
+        miss_users = miss_users[: args.misses]
+        with run_worker(settings, Path(tmp)) as worker:
+            wait_until(lambda: worker.metric("explorer_pair_table_rows") >= len(table_pairs), 120,
+                       "the worker to load the pair table")
+            timed_requests(settings, hit_users[:5])  # warm-up: connections, first forward pass
+            hits = timed_requests(settings, hit_users)
+            misses = timed_requests(settings, miss_users)
+
+    print(f"\nrecommendation latency, {args.ratings:,} ratings replayed, clusters {clusters.version}, "
+          f"LLM {settings.llm_threads} thread(s)")
+    rows = [("bulk pair table", f"{report.pairs} pairs in {report.seconds:.1f}s = {report.pairs_per_s:.2f} pairs/s "
+             f"({report.mean_inference_ms:.0f} ms per pair); all {len(all_pairs(clusters))} pairs would take "
+             f"~{len(all_pairs(clusters)) / max(report.pairs_per_s, 1e-9):.0f}s")]
+    for name, results in (("table hits", hits), ("LLM misses", misses)):
+        latencies = [ms for _, ms in results]
+        sources = {s: sum(1 for src, _ in results if src == s) for s in ("table", "llm", "fallback")}
+        rows.append((name, f"n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, p95 "
+                     f"{percentile(latencies, 0.95):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms, max "
+                     f"{max(latencies):.0f} ms; sources {sources}"))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
