@@ -4,7 +4,8 @@ Every `pair_refresh_interval_s` it scans the knowledge store once (all pairs' to
 pair's fingerprint (the top next cluster ids a prompt would show) with the fingerprint its current-model row was
 inferred from. A pair whose fingerprint changed — or that has no row for the current model yet (first build, or a
 model hot swap) — is re-inferred in the background on the LLM thread, the busiest pairs first; a pair is re-inferred
-at most every `pair_refresh_min_interval_s`, so a hot pair cannot monopolise the LLM during a catch-up.
+at most every `pair_refresh_min_interval_s`, so a hot pair cannot monopolise the LLM, and nothing is re-inferred
+while the worker is more than `pair_refresh_max_lag` events behind (a catch-up: ingestion gets the CPU).
 
 Scale-out without coordination: each pair belongs to one interactions partition (a stable hash of the pair), and a
 worker refreshes only the pairs of the partitions Kafka assigned to it. Rows inferred on request-time misses are
@@ -41,6 +42,10 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
 
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == interactions}
+
+    def lag() -> float:
+        # The ingest agent's per-partition lag gauge (updated every few seconds).
+        return sum(child._value.get() for child in metrics.consumer_lag._metrics.values())
 
     def snapshot() -> tuple[dict[Pair, list[tuple[str, int]]], list[str], str]:
         knowledge = services.knowledge
@@ -81,32 +86,37 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
         if services.predictor is None:
             log.warning("pair refresher idle: no LLM (%s)", services.llm_error)
             return
+        todo: list[Pair] = []
+        scanned_at = 0.0
         while True:
-            await asyncio.sleep(settings.pair_refresh_interval_s)
-            await flush()
-            owned = owned_partitions()
-            if not owned:
+            if not todo or time.monotonic() - scanned_at >= settings.pair_refresh_interval_s:
+                if not todo:  # nothing left to do: wait for the next scan instead of spinning
+                    await asyncio.sleep(max(0.0, scanned_at + settings.pair_refresh_interval_s - time.monotonic()))
+                await flush()
+                metrics.pair_table_rows.set(services.cache.size())
+                owned = owned_partitions()
+                scanned_at = time.monotonic()
+                if lag() > settings.pair_refresh_max_lag:  # catching up: requests still get the LLM on a miss
+                    todo = []
+                    continue
+                try:
+                    knowledge, trending, version = await services.io(snapshot)
+                except Exception:
+                    log.exception("reading the knowledge for the pair refresh failed; retrying next round")
+                    todo = []
+                    continue
+                # A fresh list every interval: a pair that just changed jumps ahead of the backlog at once.
+                todo = due(owned, knowledge, time.time()) if owned else []
                 continue
-            try:
-                knowledge, trending, version = await services.io(snapshot)
-            except Exception:
-                log.exception("reading the knowledge for the pair refresh failed; retrying next round")
-                continue
-            round_started = time.time()
-            for pair in due(owned, knowledge, round_started):
-                predictor = services.predictor
-                row: PairPrediction = await services.llm(infer, predictor, pair, knowledge.get(pair, []), trending,
-                                                         version)
-                had_row = services.cache.current(pair) is not None
-                services.cache.put(row)
-                services.pending_rows.append(row)
-                metrics.pair_inferences.labels("changed" if had_row else "missing").inc()
-                seen = first_seen.pop(pair, None)
-                if seen is not None and had_row:
-                    metrics.pair_refresh_lag.observe(time.time() - seen)
-                if len(services.pending_rows) >= WRITE_EVERY:
-                    await flush()
-                # Rescan rather than work through a stale list: the knowledge keeps moving during a catch-up.
-                if time.time() - round_started > 10 * settings.pair_refresh_interval_s:
-                    break
-            metrics.pair_table_rows.set(services.cache.size())
+            pair = todo.pop(0)
+            row: PairPrediction = await services.llm(infer, services.predictor, pair, knowledge.get(pair, []),
+                                                     trending, version)
+            had_row = services.cache.current(pair) is not None
+            services.cache.put(row)
+            services.pending_rows.append(row)
+            metrics.pair_inferences.labels("changed" if had_row else "missing").inc()
+            seen = first_seen.pop(pair, None)
+            if seen is not None and had_row:
+                metrics.pair_refresh_lag.observe(time.time() - seen)
+            if len(services.pending_rows) >= WRITE_EVERY:
+                await flush()

@@ -227,12 +227,12 @@ def demo(
                 consumed_task = progress.add_task("worker consumed", total=len(ratings))
                 started = time.monotonic()
 
-                def caught_up() -> bool:
+                def consumed() -> float:
                     done = worker.metric("explorer_events_in_total") - consumed_before
                     progress.update(consumed_task, completed=done)
-                    return done >= len(ratings)
+                    return done
 
-                wait_until(caught_up, timeout_s=max(120.0, len(ratings) / 500), what="the worker to catch up")
+                _wait_while_progressing(consumed, len(ratings), stall_s=120.0, what="the worker to catch up")
                 worker_seconds = time.monotonic() - started
             group = consumer_group(settings, clusters.version)
             wait_until(lambda: offsets_caught_up(settings, group, topic_name(settings, INTERACTIONS)), 120,
@@ -279,6 +279,21 @@ def _ensure_clusters(settings):  # -> ClusterSet
     except ClustersNotBuilt:
         with console.status("Building interest clusters (first run)..."):
             return build_clusters(settings)
+
+
+def _wait_while_progressing(done, total: float, stall_s: float, what: str, poll_s: float = 0.5) -> None:
+    """Wait until done() >= total; fail only when done() stops growing for stall_s (a slow machine is no error)."""
+    import time
+
+    last, last_change = done(), time.monotonic()
+    while last < total:
+        time.sleep(poll_s)
+        now = done()
+        if now > last:
+            last, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            raise TimeoutError(f"no progress for {stall_s:.0f}s waiting for {what} ({last:,.0f} of {total:,.0f}); "
+                               "see the worker log under $EXPLORER_DATA_DIR/logs")
 
 
 def _ensure_sequence_model(settings, budget_s: float) -> None:

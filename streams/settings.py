@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed
     pair_refresh_interval_s: float = Field(2.0, gt=0)  # how often the knowledge is scanned for changed pairs
     pair_refresh_min_interval_s: float = Field(30.0, ge=0)  # per pair: a hot pair must not monopolise the LLM
+    # The refresher waits while this worker is more than this many interactions behind (a catch-up or backfill):
+    # the knowledge moves too fast then to be worth re-inferring, and ingestion needs the CPU.
+    pair_refresh_max_lag: int = Field(2000, ge=0)
 
     # --- datasets ---
     movielens_dir: Path | None = None  # a folder holding ml-100k.inter/.item/.user; default: from the recbole wheel
