@@ -36,7 +36,7 @@ def replay_and_wait(settings, ratings) -> None:
 
     publish_events(settings, (r.to_event() for r in ratings))
     group = consumer_group(settings, load_serving(settings).version)
-    wait_until(lambda: group_caught_up(settings, group, topic_name(settings, INTERACTIONS)), 300,
+    wait_until(lambda: group_caught_up(settings, group, topic_name(settings, INTERACTIONS)), 900,
                "the worker to commit the replay", poll_s=0.5)
 
 
@@ -116,4 +116,22 @@ def test_bad_requests_are_dead_lettered_and_serving_goes_on(serving_settings, tm
         reasons = sorted(orjson.loads(m.value())["error"].split(":")[0] for m in letters)
         assert reasons == sorted(["malformed_json", "key_mismatch", "bad_value", "not_an_object", "missing_field"])
         assert all(orjson.loads(m.value())["topic"] == topic_name(settings, RECOMMENDATION_REQUESTS) for m in letters)
+        assert worker.alive(), worker.log_tail()
+
+
+@pytest.mark.slow
+def test_all_943_users_after_the_full_replay(serving_settings, tmp_path):
+    """The acceptance run over every MovieLens user (slow: ~100k events, then one request per user, most of them
+    LLM misses the first time their pair is seen)."""
+    settings = serving_settings
+    ratings = load_ratings(settings.movielens_dir)
+    users = sorted({r.user_id for r in ratings}, key=int)
+    assert len(users) == 943
+    with run_worker(settings, tmp_path) as worker:
+        replay_and_wait(settings, ratings)
+        with RecommendationClient(settings) as client:
+            ids = {user: client.send(user) for user in users}
+            answers = client.wait(ids.values(), timeout_s=3600)
+        sources = check_answers({user: answers[rid] for user, rid in ids.items()}, ratings, settings)
+        print(f"\nsources over all users: {sources}")
         assert worker.alive(), worker.log_tail()
