@@ -161,18 +161,19 @@ def _load_sequence(load_current: Callable[..., Any], settings: Any) -> Any:
 
 
 def _load_predictor(settings: Any, clusters: ClusterSet) -> NovelClusterPredictor:
+    return _load_predictor_from(settings, clusters, current_model_path(settings))
+
+
+def _load_predictor_from(settings: Any, clusters: ClusterSet, path: str) -> NovelClusterPredictor:
     from models.llm import NovelClusterPredictor
 
-    return NovelClusterPredictor(settings, clusters, model_path=current_model_path(settings),
-                                 n_threads=settings.llm_threads)
+    return NovelClusterPredictor(settings, clusters, model_path=path, n_threads=settings.llm_threads)
 
 
 def current_model_path(settings: Any) -> str:
     """The released fine-tuned model when the registry has one, else EXPLORER_MODEL_PATH / the packaged GGUF."""
-    try:
-        from models.finetune.registry import current_model_path as registry_path
-    except ImportError:
-        return settings.resolved_model_path()
+    from models.finetune.registry import current_model_path as registry_path
+
     return str(registry_path(settings))
 
 
@@ -303,6 +304,29 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
     @app.task
     async def load_services() -> None:
         await services.start()
+
+    @app.timer(settings.model_watch_interval_s)
+    async def watch_model() -> None:
+        # Hot swap: a newly released model (models/finetune/registry.py) is loaded beside the serving one, then
+        # swapped in between two LLM calls. Pair rows of the old model keep serving until the refresher has
+        # re-inferred them for the new one; answered requests stay answered (the responses table).
+        if not services.ready.is_set() or services.predictor is None:
+            return
+        path = await services.io(current_model_path, settings)
+        if path == services.predictor.model_path:
+            return
+        log.info("a new LLM was released: %s; loading it beside the serving one", path)
+        try:
+            fresh = await services.io(_load_predictor_from, settings, clusters, path)
+        except Exception:
+            log.exception("the released model %s could not be loaded; the current one keeps serving", path)
+            return
+        old = services.predictor
+        services.predictor = fresh
+        services.cache.current_version = fresh.model_version
+        metrics.pair_table_rows.set(services.cache.size())
+        await services.llm(old.close)  # queued after any call still using it
+        log.info("now serving LLM %s", fresh.model_version)
 
     log.debug("recommender serves %s", requests_topic)
     return services

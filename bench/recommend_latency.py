@@ -86,7 +86,7 @@ def main() -> None:
         by_user = user_pairs(settings, clusters.version)
         users = sorted(by_user, key=int)
         distinct = sorted(set(by_user.values()))
-        table_pairs, miss_pairs = distinct[::2], distinct[1::2]
+        table_pairs = distinct[::2]  # the other half stays out of the table: their users are the misses
         predictor = NovelClusterPredictor(settings, clusters, n_threads=settings.llm_threads)
         store = KnowledgeStore.from_settings(settings, clusters.version)
         report = build(predictor, store, PairTable.from_settings(settings, clusters.version), clusters, table_pairs)

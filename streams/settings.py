@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     # The refresher waits while this worker is more than this many interactions behind (a catch-up or backfill):
     # the knowledge moves too fast then to be worth re-inferring, and ingestion needs the CPU.
     pair_refresh_max_lag: int = Field(2000, ge=0)
+    model_watch_interval_s: float = Field(10.0, gt=0)  # how often a worker checks the registry for a new LLM
 
     # --- datasets ---
     movielens_dir: Path | None = None  # a folder holding ml-100k.inter/.item/.user; default: from the recbole wheel
@@ -126,6 +127,22 @@ class Settings(BaseSettings):
     finetune_gate_exact_match: float = Field(0.9, ge=0, le=1)  # free generation must name a valid novel cluster
     finetune_gate_min_hit_rate: float = Field(0.10, ge=0, le=1)  # held-out recall@1 of the predicted novel cluster
     finetune_gate_min_agreement: float = Field(0.9, ge=0, le=1)  # quantized llama.cpp vs PyTorch greedy answers
+
+    # --- offline evaluation of update strategies (models/evaluation/; `explorer eval`) ---
+    eval_points: int = Field(6, ge=1)  # evaluation points, evenly spaced (whole days) over the post-split period
+    eval_horizon_events: int = Field(10, ge=1)  # a hit: the cluster is among the user's next N positive engagements
+    eval_horizon_days: float | None = Field(None, gt=0)  # ... and (when set) within this many days of the point
+    eval_items_k: int = Field(10, ge=1)  # grounded items per recommendation (item-level hits)
+    eval_max_pairs_per_point: int | None = Field(40, ge=1)  # the busiest pairs only: LLM inference is the cost
+    eval_bootstrap: int = Field(1000, ge=100)  # bootstrap resamples (by user) of the 95% intervals
+    eval_seed: int = 2025  # the random baseline, the bootstrap and the validity sample
+    eval_finetune: bool = True  # run the fine-tuning strategies (off: their rows say "skipped")
+    eval_finetune_every: int = Field(3, ge=0)  # re-fine-tune every N points (0: only the initial fine-tune)
+    eval_finetune_budget_s: float = Field(150.0, gt=0)  # training budget of each fine-tune inside the evaluation
+    eval_validity_sample: int = Field(20, ge=0)  # prompts per LLM strategy answered by free generation (exact match)
+    eval_quick_points: int = Field(2, ge=1)  # `--quick`: fewer points, fewer pairs, no fine-tuning unless asked
+    eval_quick_max_pairs_per_point: int = Field(8, ge=1)
+    eval_quick_validity_sample: int = Field(4, ge=0)
 
     @field_validator("topic_prefix")
     @classmethod
