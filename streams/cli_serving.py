@@ -94,6 +94,8 @@ def sequence_train(
 @pairs_app.command("build")
 def pairs_build(
     limit: Annotated[Optional[int], typer.Option(help="Only the N busiest pairs (default: every pair)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads (default EXPLORER_LLM_THREADS; more "
+                                                        "only pays on an otherwise idle machine)")] = None,
 ) -> None:
     """Infer the novel cluster of every cluster pair with the LLM against the current knowledge, into LanceDB."""
     from agents.recommender import current_model_path
@@ -109,7 +111,7 @@ def pairs_build(
         store = KnowledgeStore.from_settings(settings, clusters.version)
         with console.status("Loading the LLM..."):
             predictor = NovelClusterPredictor(settings, clusters, model_path=current_model_path(settings),
-                                              n_threads=settings.llm_threads)
+                                              n_threads=threads or settings.llm_threads)
     except (ClustersNotBuilt, ModelNotFound) as exc:
         raise _fail(str(exc)) from exc
     table = PairTable.from_settings(settings, clusters.version)
