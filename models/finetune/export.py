@@ -1,0 +1,122 @@
+"""Write a fine-tuned transformers Llama model back as a GGUF that llama.cpp loads, keeping the base file's
+tokenizer and metadata.
+
+Route: the base GGUF is read with gguf's GGUFReader; every key/value field is copied (tokenizer, chat template,
+names, licence...) except the ones the new file must state itself (file type, quantization version, the llama.*
+hyper-parameters, which are rewritten from the model's config so a differently shaped model gets a consistent
+header), and the tensors are the model's weights under llama.cpp's names, F16 for matrices and F32 for norms (what
+llama.cpp's own converter writes; llama.cpp's quantizer takes it from there, see quantize.py).
+
+Q/K permutation: llama.cpp applies rotary embeddings to adjacent pairs of a head's dimensions, Hugging Face's Llama
+to its two halves, so llama.cpp's converter permutes the rows of q_proj and k_proj (`permute_qk`) and transformers'
+GGUF loader undoes it when it de-quantizes (`unpermute_qk`). Exporting must permute again; k_proj uses the number
+of key/value heads (grouped-query attention: 3 for SmolLM2's 9 query heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+F16, F32 = "f16", "f32"
+_COPY_SKIPPED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version", "llama.")
+
+
+def permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """Hugging Face q/k rows -> llama.cpp's rotary layout (llama.cpp's convert_hf_to_gguf `permute`)."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def unpermute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's layout -> Hugging Face's (what transformers' GGUF loader does): the inverse of `permute_qk`."""
+    return (weights.reshape(n_head, weights.shape[0] // n_head // 2, 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def llama_metadata(config: Any) -> dict[str, tuple[Any, Any]]:
+    """The llama.* hyper-parameters of a transformers LlamaConfig, as GGUF (value, type) pairs."""
+    from gguf import GGUFValueType as T
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    return {
+        "llama.vocab_size": (config.vocab_size, T.UINT32),
+        "llama.context_length": (config.max_position_embeddings, T.UINT32),
+        "llama.embedding_length": (config.hidden_size, T.UINT32),
+        "llama.feed_forward_length": (config.intermediate_size, T.UINT32),
+        "llama.block_count": (config.num_hidden_layers, T.UINT32),
+        "llama.attention.head_count": (config.num_attention_heads, T.UINT32),
+        "llama.attention.head_count_kv": (config.num_key_value_heads, T.UINT32),
+        "llama.rope.freq_base": (float(theta), T.FLOAT32),
+        "llama.rope.dimension_count": (head_dim, T.UINT32),
+        "llama.attention.layer_norm_rms_epsilon": (float(config.rms_norm_eps), T.FLOAT32),
+    }
+
+
+def gguf_tensors(state_dict: Mapping[str, Any], config: Any, dtype: str = F16) -> dict[str, np.ndarray]:
+    """The model's weights under llama.cpp's tensor names, q/k permuted, in the precision the file stores."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    out: dict[str, np.ndarray] = {}
+    for hf_name, tensor in state_dict.items():
+        if hf_name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
+            continue  # tied: llama.cpp reuses token_embd when the file has no output.weight
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"no GGUF name for tensor {hf_name}")
+        array = tensor.detach().float().cpu().numpy()
+        if hf_name.endswith("self_attn.q_proj.weight"):
+            array = permute_qk(array, config.num_attention_heads)
+        elif hf_name.endswith("self_attn.k_proj.weight"):
+            array = permute_qk(array, config.num_key_value_heads)
+        out[name] = array.astype(np.float16 if dtype == F16 and array.ndim > 1 else np.float32)
+    return out
+
+
+def write_gguf(path: str | Path, base: str | Path, tensors: Mapping[str, np.ndarray],
+               metadata: Mapping[str, tuple[Any, Any]], dtype: str = F16) -> Path:
+    """A GGUF with every key/value of `base` (minus what `metadata` and the tensors restate) and `tensors`."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(base))
+    if reader.get_field("general.architecture").contents() != "llama":
+        raise ValueError(f"{base} is not a Llama-architecture GGUF")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.part")
+    writer = gguf.GGUFWriter(str(partial), arch="llama")
+    for field in reader.fields.values():
+        if field.name.startswith(_COPY_SKIPPED) or field.name in metadata:
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    for key, (value, value_type) in metadata.items():
+        writer.add_key_value(key, value, value_type)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == F16 else gguf.LlamaFileType.ALL_F32)
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.replace(out)
+    return out
+
+
+def export_model(model: Any, base: str | Path, path: str | Path, dtype: str = F16) -> Path:
+    """Write `model` (a merged transformers Llama model) as a GGUF on `base`'s tokenizer and metadata."""
+    import gguf
+
+    tensors = gguf_tensors(model.state_dict(), model.config, dtype)
+    base_names = {t.name for t in gguf.GGUFReader(str(base)).tensors}
+    if set(tensors) != base_names:
+        raise ValueError(f"the model's tensors differ from the base file's: missing {sorted(base_names - set(tensors))[:5]}"
+                         f", extra {sorted(set(tensors) - base_names)[:5]}")
+    return write_gguf(path, base, tensors, llama_metadata(model.config), dtype)

@@ -1,0 +1,216 @@
+"""Quality gates a fine-tuned model must pass before release, and the held-out evaluation behind them.
+
+Evaluation: for each held-out pair (a seeded sample of the time-later test period, curation.py) the model answers
+two prompts, the server's prompt with the knowledge the store held at the split and the same prompt without
+knowledge, by FREE greedy generation in llama.cpp (argmax over the whole vocabulary, no grammar, until an
+end-of-generation token). Metrics per prompt mode:
+
+* exact_match   -- share of answers that are exactly the name of a valid novel cluster (a cluster of the set, not
+                   one of the two in the prompt's history);
+* hit_rate      -- held-out recall@1: test-period transitions (c1, c2) -> c3 whose c3 is the model's answer for
+                   (c1, c2), over all test transitions of the evaluated pairs (an invalid answer is a miss);
+* pair_hit_rate -- share of pairs whose answer is among the pair's test-period next clusters.
+
+`served_hit_rate` measures the same recall with the server's constrained decoding (models/llm.py, "trie"), which
+always names a valid cluster, so it shows what serving gains whatever the free-generation exact match.
+
+Gates (settings): exact_match over all prompts >= finetune_gate_exact_match, hit_rate with knowledge >=
+finetune_gate_min_hit_rate, and the agreement of the quantized llama.cpp model's greedy answers with the PyTorch
+model's on a sample >= finetune_gate_min_agreement (catches a broken export or a too-coarse quantization).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.clusters import ClusterSet
+from models.finetune.curation import HeldOutPair
+from models.finetune.training import PromptTokenizer
+from models.prompts import Knowledge, prompt_segments
+from streams.settings import Settings
+
+MODES = ("knowledge", "plain")
+N_CTX = 1024
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    pair: HeldOutPair
+    mode: str
+
+    @property
+    def knowledge(self) -> Knowledge | None:
+        return self.pair.knowledge if self.mode == "knowledge" else None
+
+
+def eval_prompts(held_out: Sequence[HeldOutPair]) -> list[EvalPrompt]:
+    return [EvalPrompt(pair, mode) for mode in MODES for pair in held_out]
+
+
+def prompt_tokens(prompt: EvalPrompt, clusters: ClusterSet, tokenizer: PromptTokenizer) -> tuple[list[int], list[int]]:
+    return tokenizer.prompt(prompt_segments(prompt.pair.history, prompt.knowledge, clusters))
+
+
+class GreedyGenerator:
+    """Free greedy generation with llama.cpp; the static prompt segment stays evaluated between prompts."""
+
+    def __init__(self, gguf_path: str | Path, threads: int):
+        from llama_cpp import Llama
+
+        self._llm = Llama(model_path=str(gguf_path), n_ctx=N_CTX, n_batch=512, n_threads=threads,
+                          n_threads_batch=threads, seed=0, verbose=False)
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        self._eog = {t for t in range(self._llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        self._static: list[int] = []
+
+    def answer(self, static: Sequence[int], rest: Sequence[int], max_new_tokens: int) -> list[int]:
+        import llama_cpp
+
+        if list(static) != self._static:
+            self._llm.n_tokens = 0
+            self._llm.eval(list(static))
+            self._static = list(static)
+        self._llm.n_tokens = len(self._static)  # `eval` drops the cache after this position before decoding
+        self._llm.eval(list(rest))
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llm.ctx, -1),
+                                           shape=(self._llm.n_vocab(),))
+            token = int(np.argmax(logits))
+            if token in self._eog:
+                break
+            out.append(token)
+            self._llm.eval([token])
+        return out
+
+    def close(self) -> None:
+        self._llm.close()
+
+
+@dataclass
+class Evaluation:
+    prompts: list[EvalPrompt]
+    answers: list[str]
+    tokens: list[list[int]]
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def evaluate(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clusters: ClusterSet,
+             tokenizer: PromptTokenizer, threads: int, progress: Progress | None = None) -> Evaluation:
+    prompts = eval_prompts(held_out)
+    max_new = max(len(tokenizer.tokenize(c.name)) for c in clusters.clusters.values()) + 4
+    generator = GreedyGenerator(gguf_path, threads)
+    answers, tokens = [], []
+    try:
+        for index, prompt in enumerate(prompts):
+            answer = generator.answer(*prompt_tokens(prompt, clusters, tokenizer), max_new)
+            tokens.append(answer)
+            answers.append(tokenizer.detokenize(answer))
+            if progress is not None:
+                progress(index + 1, len(prompts))
+    finally:
+        generator.close()
+    return Evaluation(prompts, answers, tokens, score(prompts, answers, clusters))
+
+
+def score(prompts: Sequence[EvalPrompt], answers: Sequence[str], clusters: ClusterSet) -> dict[str, dict[str, float]]:
+    by_name = {c.name: cid for cid, c in clusters.clusters.items()}
+    out: dict[str, dict[str, float]] = {}
+    for mode in (*MODES, "all"):
+        chosen = [(p, a) for p, a in zip(prompts, answers, strict=True) if mode in ("all", p.mode)]
+        if not chosen:
+            continue
+        valid = hits = total = pair_hits = 0
+        for prompt, answer in chosen:
+            cid = by_name.get(answer)
+            novel = cid is not None and cid not in prompt.pair.history
+            valid += novel
+            total += prompt.pair.total
+            if novel:
+                hits += prompt.pair.next_counts.get(cid, 0)
+                pair_hits += cid in prompt.pair.next_counts
+        out[mode] = {"prompts": len(chosen), "exact_match": round(valid / len(chosen), 4),
+                     "hit_rate": round(hits / max(1, total), 4), "pair_hit_rate": round(pair_hits / len(chosen), 4)}
+    return out
+
+
+def baselines(held_out: Sequence[HeldOutPair], popular: Sequence[str]) -> dict[str, float]:
+    """Held-out recall@1 of two non-LLM answers: the pair's top retrieved next cluster, the most popular one."""
+    total = sum(p.total for p in held_out) or 1
+    top = sum(p.next_counts.get(p.knowledge.top_next[0][0], 0) for p in held_out if p.knowledge.top_next)
+    pop = sum(p.next_counts.get(next((c for c in popular if c not in p.history), ""), 0) for p in held_out)
+    return {"knowledge_top1_hit_rate": round(top / total, 4), "popular_hit_rate": round(pop / total, 4)}
+
+
+def served_hit_rate(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clusters: ClusterSet,
+                    settings: Settings, progress: Progress | None = None) -> float:
+    """Recall@1 with the server's own constrained decoding and knowledge (models/llm.py, default method)."""
+    from models.llm import NovelClusterPredictor
+
+    predictor = NovelClusterPredictor(settings, clusters, model_path=str(gguf_path),
+                                      n_threads=settings.finetune_threads)
+    hits = 0
+    try:
+        for index, pair in enumerate(held_out):
+            hits += pair.next_counts.get(predictor.predict(pair.history, pair.knowledge).cluster_id, 0)
+            if progress is not None:
+                progress(index + 1, len(held_out))
+    finally:
+        predictor.close()
+    return round(hits / max(1, sum(p.total for p in held_out)), 4)
+
+
+def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:
+    """Share of prompts where both models generate exactly the same answer tokens."""
+    if len(reference) != len(candidate) or not reference:
+        raise ValueError("agreement needs two equally long, non-empty lists of answers")
+    return round(sum(list(a) == list(b) for a, b in zip(reference, candidate)) / len(reference), 4)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold
+
+    def reason(self) -> str:
+        return f"{self.name} {self.value:.3f} {'>=' if self.passed else '<'} {self.threshold:.3f}"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the model failed (empty when it passed)."""
+        return [c.reason() for c in self.checks if not c.passed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": self.reasons,
+                "checks": [{"name": c.name, "value": c.value, "threshold": c.threshold, "passed": c.passed}
+                           for c in self.checks]}
+
+
+def check_gates(metrics: dict[str, dict[str, float]], export_agreement: float, settings: Settings) -> GateResult:
+    return GateResult((
+        Check("exact_match", metrics["all"]["exact_match"], settings.finetune_gate_exact_match),
+        Check("hit_rate", metrics["knowledge"]["hit_rate"], settings.finetune_gate_min_hit_rate),
+        Check("export_agreement", export_agreement, settings.finetune_gate_min_agreement),
+    ))

@@ -1,0 +1,141 @@
+"""`explorer finetune` (one fine-tuning cycle) and `explorer llm list|release|rollback` (the LLM model registry)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from streams.settings import get_settings
+
+llm_app = typer.Typer(help="The fine-tuned LLM versions under $EXPLORER_DATA_DIR/models/llm (the serving model).",
+                      no_args_is_help=True)
+console = Console(stderr=True)
+out = Console()
+
+
+def finetune(
+    budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (default: "
+                                                          "EXPLORER_FINETUNE_BUDGET_S)")] = None,
+    base_eval: Annotated[bool, typer.Option(help="Also evaluate the base model (the 'before' numbers)")] = True,
+    served_eval: Annotated[bool, typer.Option(help="Also measure hit rate with the server's constrained "
+                                                   "decoding")] = True,
+    release: Annotated[bool, typer.Option(help="Release the model if it passes the gates")] = True,
+    keep_f16: Annotated[Optional[Path], typer.Option(help="Also keep the unquantized F16 export here")] = None,
+) -> None:
+    """Run one fine-tuning cycle: curate -> train -> export -> quantize -> gates -> release."""
+    from models.clusters import ClustersNotBuilt
+    from models.finetune.cycle import run_cycle
+    from streams.movielens import DatasetError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if budget is not None:
+        settings = settings.model_copy(update={"finetune_budget_s": budget})
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            result = run_cycle(settings, progress, evaluate_base=base_eval, served=served_eval,
+                               release_model=release, keep_f16=keep_f16)
+    except (ClustersNotBuilt, DatasetError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    out.print(_summary(result))
+    if result.released:
+        out.print(f"[green]released[/] {result.version}: {result.model_path}")
+    elif result.reasons:
+        out.print(f"[red]not released[/] {result.version}: {'; '.join(result.reasons)}")
+        raise typer.Exit(2)
+    else:
+        out.print(f"passed the gates, not released (--no-release): {result.version}")
+
+
+def _summary(result: Any) -> Table:
+    table = Table("metric", "base", "fine-tuned", title=f"fine-tuning cycle {result.version}")
+    base = result.base_metrics or {}
+    for mode in ("knowledge", "plain", "all"):
+        for key in ("exact_match", "hit_rate"):
+            before = base.get(mode, {}).get(key)
+            table.add_row(f"{key} ({mode})", "-" if before is None else f"{before:.3f}",
+                          f"{result.metrics[mode][key]:.3f}")
+    table.add_row("served hit rate (constrained, knowledge)", _fmt(result.base_served_hit_rate),
+                  _fmt(result.served_hit_rate))
+    for name, value in result.baselines.items():
+        table.add_row(f"baseline {name}", f"{value:.3f}", "")
+    table.add_row("export agreement (quantized vs PyTorch)", "", f"{result.agreement:.3f}")
+    train = result.train
+    table.add_row("training", "", f"{train['method']}, {train['steps']} steps ({train['epochs']} epochs), "
+                                  f"{train['train_s']}s, loss {train['first_loss']:.3f} -> {train['final_loss']:.3f}")
+    table.add_row("model", "", f"{result.quant_type}, {result.model_bytes / 1e6:.1f} MB")
+    table.add_row("examples", "", f"{result.curation['examples']} ({result.curation['with_knowledge']} with "
+                                  f"knowledge), {result.curation['eval_pairs']} held-out pairs")
+    table.add_row("stage times", "", ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()))
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@llm_app.command("list")
+def list_models() -> None:
+    """Every filed fine-tuned version with its gate results; the current one is marked."""
+    from models.finetune import registry
+
+    settings = get_settings()
+    current = registry.current_version(settings)
+    table = Table("", "version", "gates", "hit rate", "exact match", "quant", "test from", title="LLM versions")
+    for model in registry.list_versions(settings):
+        meta = model.metadata
+        metrics = meta.get("metrics", {})
+        table.add_row("*" if model.version == current else "", model.version,
+                      "passed" if model.passed_gates else "failed: " + "; ".join(meta.get("gates", {})
+                                                                                   .get("reasons", [])),
+                      _fmt(metrics.get("knowledge", {}).get("hit_rate")),
+                      _fmt(metrics.get("all", {}).get("exact_match")), str(meta.get("quant_type", "")),
+                      str(meta.get("data_period", {}).get("test_from", "")))
+    out.print(table)
+    out.print(f"serving model: {registry.current_model_path(settings)}")
+
+
+@llm_app.command("release")
+def release_model(version: Annotated[str, typer.Argument(help="A version that passed its gates")]) -> None:
+    """Make a version current (workers load it on their next model load)."""
+    from models.finetune import registry
+
+    try:
+        registry.release(get_settings(), version)
+    except registry.RegistryError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    out.print(f"current LLM: {version}")
+
+
+@llm_app.command("rollback")
+def rollback() -> None:
+    """Go back to the previously released version (or the base model)."""
+    from models.finetune import registry
+
+    settings = get_settings()
+    try:
+        previous = registry.rollback(settings)
+    except registry.RegistryError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    out.print(f"current LLM: {previous or 'the base model'} ({registry.current_model_path(settings)})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(finetune)
+    app.add_typer(llm_app, name="llm")

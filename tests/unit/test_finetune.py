@@ -1,0 +1,312 @@
+"""Fine-tuning (models/finetune/): curation, the Q/K permutation, the GGUF round trip, gates, registry, and one
+whole cycle end to end on a tiny Llama model the test builds itself (on SmolLM2's tokenizer, nothing downloaded)."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.clusters import Cluster, ClusterSet
+from models.finetune import curation, export, gates, registry
+from models.prompts import Knowledge
+from models.transitions import DAY_S, AllCounts
+from streams.movielens import Rating
+from streams.settings import Settings
+
+NAMES = ("Noir", "Space Opera", "Romance", "Cartoons", "Westerns", "Musicals")
+
+
+def _clusters() -> ClusterSet:
+    ids = [f"c{i}" for i in range(len(NAMES))]
+    items = {f"i{k}": ids[k % len(ids)] for k in range(3 * len(ids))}
+    return ClusterSet(version="tiny-1", item_to_cluster=items,
+                      clusters={cid: Cluster(cid, name, (name.lower(),), 3) for cid, name in zip(ids, NAMES)})
+
+
+def _successor(older: int, latest: int, n: int = len(NAMES)) -> int:
+    """The tiny world's rule: the cluster after the latest one, skipping the older one."""
+    nxt = (latest + 1) % n
+    return (nxt + 1) % n if nxt == older else nxt
+
+
+def _ratings(users: int = 160, steps: int = 6, days: int = 40, seed: int = 3) -> list[Rating]:
+    """Users walk the rule from a random start; their engagements spread over `days` days."""
+    rng = random.Random(seed)
+    n = len(NAMES)
+    out = []
+    for user in range(users):
+        a = rng.randrange(n)
+        b = (a + rng.randrange(1, n)) % n
+        walk = [a, b]
+        while len(walk) < steps:
+            walk.append(_successor(walk[-2], walk[-1]))
+        start = 1_000 * DAY_S + rng.uniform(0, days - 2) * DAY_S
+        for k, cluster in enumerate(walk):
+            item = f"i{cluster + n * rng.randrange(3)}"
+            out.append(Rating(str(user), item, 5.0, start + k * 3_600.0))
+    out.sort(key=lambda r: (r.ts, r.event_id))
+    return out
+
+
+def _settings(tmp_path: Path, **overrides) -> Settings:
+    values = {"data_dir": tmp_path / "data", "finetune_seed": 5, "finetune_threads": 1, "finetune_eval_pairs": 30,
+              "finetune_min_pair_count": 1, "finetune_targets_per_pair": 1, "finetune_knowledge_share": 0.5}
+    values.update(overrides)
+    return Settings(**values)
+
+
+# ---------------------------------------------------------------------------------------------------- curation
+def _counts(daily: dict[int, dict[tuple[str, str], dict[str, int]]]) -> AllCounts:
+    return AllCounts(total={}, daily=daily, trends={})
+
+
+def test_holdout_is_strictly_time_later_and_training_ignores_it(tmp_path):
+    clusters = _clusters()
+    counts = _counts({
+        10: {("c0", "c1"): {"c2": 5}},
+        11: {("c0", "c1"): {"c3": 1}},
+        12: {("c0", "c1"): {"c4": 7}, ("c2", "c3"): {"c5": 2}},  # the held-out day only
+    })
+    curated = curation.curate(counts, clusters, split_day=12, settings=_settings(tmp_path, finetune_targets_per_pair=3))
+    assert {(e.history, e.target) for e in curated.examples} == {(("c0", "c1"), "c2"), (("c0", "c1"), "c3")}
+    held = {p.history: p.next_counts for p in curated.held_out}
+    assert held == {("c0", "c1"): {"c4": 7}, ("c2", "c3"): {"c5": 2}}
+    # the knowledge shown for a held-out pair is what the training period knew: c2 before c3, no c4
+    pair = next(p for p in curated.held_out if p.history == ("c0", "c1"))
+    assert pair.knowledge.top_next == [("c2", 5), ("c3", 1)]
+    assert (curated.period.first_day, curated.period.split_day, curated.period.last_day) == (10, 12, 12)
+
+
+def test_split_day_follows_the_train_fraction():
+    ratings = [Rating("u", f"i{k}", 5.0, (100 + k) * DAY_S + 5) for k in range(10)]
+    assert curation.split_day_of(ratings, 0.8) == 108
+    assert curation.split_day_of(ratings, 0.5) == 105
+
+
+def test_balancing_caps_the_dominant_target_and_keeps_it_where_it_ranks_first(tmp_path):
+    clusters = _clusters()
+    # c5 is the most common next cluster of every pair; each pair also has a rarer second choice
+    daily = {1: {}}
+    pairs = [(f"c{a}", f"c{b}") for a in range(5) for b in range(5) if a != b]
+    for k, pair in enumerate(pairs):
+        second = next(c for c in ("c0", "c1", "c2", "c3", "c4") if c not in pair)
+        daily[1][pair] = {"c5": 50 + k, second: 3}
+    settings = _settings(tmp_path, finetune_targets_per_pair=2, finetune_target_cap=1.0, finetune_count_temper=0.5)
+    curated = curation.curate(_counts(daily), clusters, split_day=2, settings=settings)
+    per_target: dict[str, int] = {}
+    for example in curated.examples:
+        per_target[example.target] = per_target.get(example.target, 0) + 1
+    candidates = 2 * len(pairs)
+    cap = -(-candidates // len({"c5", *(t for t in per_target)}))  # ceil(1.0 x mean per target)
+    assert per_target["c5"] == cap < len(pairs)  # capped, although it is every pair's top answer
+    assert curated.stats["top_target_share_after"] < curated.stats["top_target_share_before"]
+    kept_c5 = sorted(e.count for e in curated.examples if e.target == "c5")
+    assert kept_c5 == sorted(50 + k for k in range(len(pairs)))[-cap:]  # the most confident ones survive
+    weights = {e.count: e.weight for e in curated.examples}
+    assert weights[3] == pytest.approx(3 ** 0.5)  # tempered, not raw counts
+
+
+def test_min_pair_count_and_targets_per_pair(tmp_path):
+    clusters = _clusters()
+    counts = _counts({1: {("c0", "c1"): {"c2": 4, "c3": 3, "c4": 2}, ("c2", "c3"): {"c4": 1}}})
+    settings = _settings(tmp_path, finetune_targets_per_pair=2, finetune_min_pair_count=2, finetune_target_cap=10.0)
+    curated = curation.curate(counts, clusters, split_day=5, settings=settings)
+    assert sorted((e.history, e.target) for e in curated.examples) == [(("c0", "c1"), "c2"), (("c0", "c1"), "c3")]
+
+
+def test_deduplicate_merges_identical_prompt_and_answer():
+    clusters = _clusters()
+    knowledge = Knowledge(top_next=[("c2", 3)], trending=["c4"])
+    examples = [
+        curation.Example(("c0", "c1"), "c2", knowledge, 3, 3.0),
+        curation.Example(("c0", "c1"), "c2", Knowledge(top_next=[("c2", 3)], trending=["c4"]), 2, 2.0),
+        curation.Example(("c0", "c1"), "c2", None, 4, 4.0),  # another prompt: kept apart
+        curation.Example(("c0", "c1"), "c3", knowledge, 1, 1.0),  # another answer: kept apart
+    ]
+    merged, dropped = curation.deduplicate(examples, clusters, temper=1.0)
+    assert dropped == 1 and len(merged) == 3
+    assert {(e.knowledge is None, e.target): e.count for e in merged} == {(False, "c2"): 5, (True, "c2"): 4,
+                                                                         (False, "c3"): 1}
+    assert next(e for e in merged if e.count == 5).weight == 5.0
+
+
+# ---------------------------------------------------------------------------------------------------- Q/K permutation
+@pytest.mark.parametrize("n_head", [1, 3, 9])
+def test_qk_permutation_round_trips_and_pairs_adjacent_rows(n_head):
+    rng = np.random.default_rng(n_head)
+    head_dim = 8
+    weights = rng.standard_normal((n_head * head_dim, 24)).astype(np.float32)
+    permuted = export.permute_qk(weights, n_head)
+    assert not np.array_equal(permuted, weights)
+    np.testing.assert_array_equal(export.unpermute_qk(permuted, n_head), weights)
+    # llama.cpp pairs adjacent dimensions: row 2i of a permuted head is row i of the HF head, 2i+1 is row i + d/2
+    np.testing.assert_array_equal(permuted[0], weights[0])
+    np.testing.assert_array_equal(permuted[1], weights[head_dim // 2])
+    np.testing.assert_array_equal(permuted[2], weights[1])
+
+
+# ---------------------------------------------------------------------------------------------------- tiny model
+def _tiny_model(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.finetune.training import PromptTokenizer
+
+    torch.manual_seed(seed)
+    vocab = PromptTokenizer(Settings().resolved_model_path())
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=vocab.eos,
+                         pad_token_id=vocab.eos, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    vocab.close()
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+def _write_tiny_base(path: Path, model, dtype: str = export.F32) -> Path:
+    tensors = export.gguf_tensors(model.state_dict(), model.config, dtype)
+    return export.write_gguf(path, Settings().resolved_model_path(), tensors, export.llama_metadata(model.config),
+                             dtype)
+
+
+def test_gguf_round_trip_through_transformers_and_llama_cpp(tmp_path):
+    """Exported weights come back identical through transformers' own GGUF loader (which un-permutes q/k
+    independently of our code), and llama.cpp computes the same logits as PyTorch."""
+    import llama_cpp
+    import torch
+
+    from models.finetune.training import PromptTokenizer, load_base
+
+    model = _tiny_model()
+    path = _write_tiny_base(tmp_path / "tiny.gguf", model)
+    loaded = load_base(path)
+    original = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
+    tokenizer = PromptTokenizer(path)
+    tokens = tokenizer.tokenize("<|im_start|>user\nI liked:\nNoir\nRomance\n<|im_end|>\n<|im_start|>assistant\n")
+    tokenizer.close()
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([tokens])).logits[0, -1].numpy()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
+    llm.eval(tokens)
+    got = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+    llm.close()
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    assert int(np.argmax(got)) == int(np.argmax(expected))
+
+
+def test_shared_prefix_loss_equals_full_forward():
+    import torch
+
+    from models.finetune.training import Encoded, answer_loss
+
+    model = _tiny_model(seed=1)
+    prefix = [1, 520, 198, 4093]
+    batch = [Encoded((300, 301, 302, 900, 901, 2), 3, 2.0), Encoded((400, 401, 950, 2), 2, 1.0)]
+    with torch.no_grad():
+        got = float(answer_loss(model, prefix, batch, pad_id=2))
+    expected, total = 0.0, 0.0
+    with torch.no_grad():
+        for example in batch:
+            ids = torch.tensor([prefix + list(example.suffix)])
+            logits = model(input_ids=ids).logits[0]
+            start = len(prefix) + example.answer_start
+            targets = ids[0, start:]
+            ce = torch.nn.functional.cross_entropy(logits[start - 1:-1], targets)
+            expected += example.weight * float(ce)
+            total += example.weight
+    assert got == pytest.approx(expected / total, rel=1e-5)
+
+
+def test_whole_cycle_on_a_tiny_model(tmp_path):
+    """Curate -> train -> export -> quantize -> llama.cpp -> gates -> release, then a failing model is not released."""
+    from models.finetune.cycle import run_cycle
+
+    started = time.perf_counter()
+    base = _write_tiny_base(tmp_path / "tiny-base.gguf", _tiny_model(seed=2))
+    clusters, ratings = _clusters(), _ratings()
+    settings = _settings(tmp_path, finetune_base_model_path=str(base), finetune_method="full",
+                         finetune_learning_rate=3e-3, finetune_batch_size=8, finetune_max_epochs=60.0,
+                         finetune_budget_s=240.0, finetune_quant_type="Q8_0", finetune_gate_min_hit_rate=0.6)
+    result = run_cycle(settings, clusters=clusters, ratings=ratings, evaluate_base=True, served=True)
+
+    assert result.curation["held_out_pairs"] > 0 and result.curation["examples"] > 0
+    assert result.base_metrics is not None and result.base_metrics["all"]["exact_match"] < 0.5  # random init
+    assert result.metrics["all"]["exact_match"] >= 0.9, result.metrics
+    assert result.metrics["knowledge"]["hit_rate"] >= 0.6, result.metrics
+    assert result.agreement >= 0.9  # the quantized llama.cpp model answers as the PyTorch model does
+    assert result.released and not result.reasons
+    assert registry.current_version(settings) == result.version
+    assert registry.current_model_path(settings) == result.model_path
+    assert Path(result.model_path).stat().st_size < base.stat().st_size  # Q8_0 is smaller than the F32 base
+    meta = registry.get_version(settings, result.version).metadata
+    assert meta["gates"]["passed"] and meta["clusters_version"] == "tiny-1"
+    assert meta["data_period"]["split_day"] > meta["data_period"]["first_day"]
+
+    # The same cycle with one training step: the model cannot name clusters yet, so it must not be released.
+    failing = _settings(tmp_path, finetune_base_model_path=str(base), finetune_method="full",
+                        finetune_learning_rate=3e-3, finetune_max_epochs=0.01, finetune_quant_type="Q8_0")
+    rejected = run_cycle(failing, clusters=clusters, ratings=ratings, evaluate_base=False, served=False)
+    assert not rejected.released and any(r.startswith("exact_match") for r in rejected.reasons)
+    assert registry.current_version(settings) == result.version  # still the good one
+    stored = registry.get_version(settings, rejected.version)
+    assert not stored.passed_gates and not stored.model_path.exists()
+    assert stored.metadata["gates"]["reasons"] == rejected.reasons
+    with pytest.raises(registry.RegistryError, match="did not pass"):
+        registry.release(settings, rejected.version)
+    assert time.perf_counter() - started < 300
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+def test_registry_release_and_rollback(tmp_path):
+    settings = _settings(tmp_path)
+    base = settings.resolved_model_path()
+    assert registry.current_model_path(settings) == base  # nothing released: the configured base
+    passed = {"gates": {"passed": True, "reasons": []}}
+    for index, version in enumerate(("v1", "v2")):
+        model = tmp_path / f"{version}.gguf"
+        model.write_bytes(b"GGUF" + bytes([index]))
+        registry.register(settings, version, model, {**passed, "created_at": index})
+    registry.register(settings, "v3", None, {"gates": {"passed": False, "reasons": ["hit_rate 0.01 < 0.10"]},
+                                             "created_at": 3})
+    registry.release(settings, "v1")
+    registry.release(settings, "v2")
+    assert registry.current_model_path(settings).endswith("v2/model.gguf")
+    with pytest.raises(registry.RegistryError, match="hit_rate 0.01"):
+        registry.release(settings, "v3")
+    with pytest.raises(registry.RegistryError, match="already exists"):
+        registry.register(settings, "v1", None, passed)
+    assert [m.version for m in registry.list_versions(settings)] == ["v1", "v2", "v3"]
+    assert registry.rollback(settings) == "v1"
+    assert registry.current_model_path(settings).endswith("v1/model.gguf")
+    assert registry.rollback(settings) is None
+    assert registry.current_model_path(settings) == base
+    with pytest.raises(registry.RegistryError):
+        registry.rollback(settings)
+
+
+def test_gates_report_each_failing_check(tmp_path):
+    settings = _settings(tmp_path, finetune_gate_exact_match=0.9, finetune_gate_min_hit_rate=0.1,
+                         finetune_gate_min_agreement=0.9)
+    metrics = {"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.05}}
+    result = gates.check_gates(metrics, 0.92, settings)
+    assert not result.passed and result.reasons == ["hit_rate 0.050 < 0.100"]
+    assert gates.check_gates({"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.2}}, 0.92, settings).passed
+
+
+def test_score_counts_only_valid_novel_names(tmp_path):
+    clusters = _clusters()
+    pair = curation.HeldOutPair(("c0", "c1"), {"c2": 3, "c3": 1}, Knowledge())
+    prompts = [gates.EvalPrompt(pair, "knowledge"), gates.EvalPrompt(pair, "plain")]
+    scored = gates.score(prompts, ["Romance", "Noir"], clusters)  # Noir is in the history: not a valid answer
+    assert scored["knowledge"] == {"prompts": 1, "exact_match": 1.0, "hit_rate": 0.75, "pair_hit_rate": 1.0}
+    assert scored["plain"]["exact_match"] == 0.0 and scored["plain"]["hit_rate"] == 0.0
+    assert scored["all"]["exact_match"] == 0.5
+    assert gates.score(prompts, ["Romance ", "Cartoons"], clusters)["knowledge"]["exact_match"] == 0.0  # exact
