@@ -11,8 +11,8 @@ counts, and the trending clusters of the last window), so the model learns both 
 
 Balancing against the long tail: a handful of next clusters dominate MovieLens transitions (the most common one is
 ~10% of them, the rarest ~0.03%), and a model trained on raw counts learns to answer those few whatever the prompt.
-So only each pair's `finetune_targets_per_pair` most common next clusters (default 1: its mode, the best recall@1
-answer) become examples, each next cluster is capped at `finetune_target_cap` x the mean number of examples per
+So only each pair's `finetune_targets_per_pair` most common next clusters (its mode first, the best recall@1 answer)
+become examples, each next cluster is capped at `finetune_target_cap` x the mean number of examples per
 next cluster (the examples kept for a capped cluster are those where it ranks highest in its pair), and an
 example's loss weight is tempered: count ** temper.
 """
