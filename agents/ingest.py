@@ -7,6 +7,7 @@ never lets one bad record stop the stream: a rejection or a processor failure be
 from __future__ import annotations
 
 import base64
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ class SourcedEvent:
     offset: int
 
 
-# A processor takes one partition-ordered batch of valid events and returns the failures it wants dead-lettered.
+# A processor takes one partition-ordered batch of valid events and returns (or, if async, resolves to) the failures
+# it wants dead-lettered.
 BatchProcessor = Callable[[Sequence[SourcedEvent]], "list[tuple[SourcedEvent, str]]"]
 
 
@@ -48,6 +50,23 @@ def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, erro
         at=time.time(),
     )
     return codec.dumps(record)
+
+
+def keep_queued_events_on_resume(app: "faust.App", stream: "faust.StreamT") -> None:
+    """Stop `app.flow_control.resume()` from emptying this stream's queue of fetched events.
+
+    At the end of a table recovery Faust resumes the source partitions and awaits the seek to the committed offsets
+    *before* it resumes flow control, which clears every stream queue: events fetched in that window were dropped,
+    unprocessed and unacked, while the fetcher's read offset moved past them. Later commits skip such a hole (Faust
+    accepts a one-offset hole, and any hole before a partition's first commit) or stall on it, and the per-user
+    offsets of the transitions state then take the re-delivered events for already applied. The clearing is not
+    needed here: Faust's compiled stream iterator skips, without acking, events of an older consumer generation.
+    """
+    queues = getattr(app.flow_control, "_queues", None)
+    if queues is None:  # a Faust/mode without the managed queue set: nothing to detach, but say so
+        log.warning("cannot detach the %s stream queue from flow control; events may be lost on rebalance", stream)
+        return
+    queues.discard(stream.channel.queue)
 
 
 def register(app: "faust.App", context: "AppContext") -> None:
@@ -65,6 +84,7 @@ def register(app: "faust.App", context: "AppContext") -> None:
 
     @app.agent(context.topics.interactions, name="ingest")
     async def ingest(stream: "faust.StreamT") -> None:
+        keep_queued_events_on_resume(app, stream)
         async for events in stream.take_events(settings.stream_batch_size, within=settings.stream_batch_timeout_s):
             started = time.monotonic()
             now = time.time()
@@ -85,6 +105,8 @@ def register(app: "faust.App", context: "AppContext") -> None:
             for processor in context.processors:
                 try:
                     failures = processor(valid)
+                    if inspect.isawaitable(failures):  # processors that write state await their writes
+                        failures = await failures
                 except Exception as exc:  # a bug in one processor must not stop ingestion or lose the batch
                     log.exception("processor %r failed on a batch of %d events", processor, len(valid))
                     failures = [(item, f"{type(exc).__name__}: {exc}") for item in valid]

@@ -82,8 +82,14 @@ class PartitionStore(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def flush(self) -> int:
-        """Send the coalesced changelog records (count keys first, user keys last); returns how many."""
+    async def flush(self) -> int:
+        """Send the coalesced changelog records (count keys first, user keys last); returns how many.
+
+        Each record is awaited into the producer (`Topic.send`), not queued with `send_soon`: Faust's buffer flush
+        gives up after 0.1 s with records still queued, so a commit could cover events whose records never left
+        the process (a SIGKILL then loses them). Once in aiokafka's accumulator, the flush Faust runs before
+        every commit waits for their delivery.
+        """
         if not self._pending:
             return 0
         pending, self._pending = self._pending, {}
@@ -96,11 +102,15 @@ class PartitionStore(MutableMapping[str, Any]):
                 c1, c2, _ = key.rsplit(":", 1)[1].split(SEP)
                 self.changed_pairs.add((c1, c2))
         ordered = sorted(pending.items(), key=lambda item: item[0].startswith(USER_PREFIX))  # stable: False first
+        topic = self._table.changelog_topic
         for key, value in ordered:
-            if value is None:
-                self._table.send_changelog(self._partition, self._prefix + key, None, value_serializer="raw")
-            else:
-                self._table.send_changelog(self._partition, self._prefix + key, value)
+            await topic.send(
+                key=self._prefix + key,
+                value=value,
+                partition=self._partition,
+                key_serializer=self._table.key_serializer,
+                value_serializer="raw" if value is None else self._table.value_serializer,
+            )
         return len(ordered)
 
 
@@ -132,9 +142,9 @@ def register(app: "faust.App", context: "AppContext", clusters: "ClusterSet") ->
 
     processor = PartitionedTransitions(store_for, clusters.cluster_of, settings)
 
-    def process_and_flush(batch: "Sequence[SourcedEvent]") -> "list[tuple[SourcedEvent, str]]":
-        # The flush happens before the ingest agent acks the batch, so Faust's commit (after a producer flush)
-        # never covers an event whose changelog records were not sent.
+    async def process_and_flush(batch: "Sequence[SourcedEvent]") -> "list[tuple[SourcedEvent, str]]":
+        # The flush completes before the ingest agent acks the batch, so Faust's commit (after a producer flush)
+        # never covers an event whose changelog records were not handed to the producer.
         try:
             return processor(batch)
         finally:
@@ -142,8 +152,8 @@ def register(app: "faust.App", context: "AppContext", clusters: "ClusterSet") ->
                 store = store_for(sourced.partition)
                 if sourced.event.ts > store.latest_ts:
                     store.latest_ts = sourced.event.ts
-            for store in stores.values():
-                store.flush()
+            for store in list(stores.values()):
+                await store.flush()
 
     context.processors.append(process_and_flush)
     context.clusters_version = clusters.version
