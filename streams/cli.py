@@ -12,6 +12,7 @@ from rich.table import Table
 
 from streams import cli_serving
 from streams import cli_finetune
+from streams import cli_eval
 from streams.cli_clusters import clusters_app
 from streams.settings import get_settings
 
@@ -32,6 +33,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(replay_app, name="replay")
 cli_serving.register(app)
 cli_finetune.register(app)
+cli_eval.register(app)
 
 console = Console(stderr=True)
 out = Console()

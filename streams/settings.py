@@ -140,7 +140,10 @@ class Settings(BaseSettings):
     eval_seed: int = 2025  # the random baseline, the bootstrap and the validity sample
     eval_finetune: bool = True  # run the fine-tuning strategies (off: their rows say "skipped")
     eval_finetune_every: int = Field(3, ge=0)  # re-fine-tune every N points (0: only the initial fine-tune)
-    eval_finetune_budget_s: float = Field(150.0, gt=0)  # training budget of each fine-tune inside the evaluation
+    eval_finetune_budget_s: float = Field(240.0, gt=0)  # training budget of each fine-tune inside the evaluation
+    # torch threads of those fine-tunes. 1: on the shared, loaded 2-core machine 1 thread made 3 LoRA steps in 67 s
+    # and 2 threads 3 steps in ~150 s (loosely compared: different moments; threads fight other jobs for the cores)
+    eval_finetune_threads: int = Field(1, ge=1)
     eval_validity_sample: int = Field(20, ge=0)  # prompts per LLM strategy answered by free generation (exact match)
     eval_quick_points: int = Field(2, ge=1)  # `--quick`: fewer points, fewer pairs, no fine-tuning unless asked
     eval_quick_max_pairs_per_point: int = Field(8, ge=1)
