@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from agents.ingest import dead_letter
+from agents.ingest import dead_letter, keep_queued_events_on_resume
 from models.pair_table import Pair, PairPrediction, PairTable, infer
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING
 from models.recommend import FALLBACK, LLM, NO_MODEL, TABLE, fallback_cluster, grounded_items, members_by_cluster
@@ -298,6 +298,7 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
 
     @app.agent(topics.requests, name="recommender", concurrency=settings.recommender_concurrency)
     async def recommender(stream: faust.StreamT) -> None:
+        keep_queued_events_on_resume(app, stream)  # else requests fetched during a recovery would be dropped
         async for event in stream.events():
             await handle(event.message)
 
