@@ -51,17 +51,8 @@ class EventValidator:
         self._clock = clock
 
     def validate(self, key: bytes | None, raw: bytes | None) -> InteractionEvent | Rejection:
-        if raw is None:
-            return Rejection("malformed_json", "empty record value (tombstone); an event must be a JSON object")
-        if len(raw) > self._max_bytes:
-            return Rejection("oversized", f"payload is {len(raw)} bytes, limit is {self._max_bytes}")
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return Rejection("malformed_json", f"not valid UTF-8 JSON: {exc}")
-        if type(obj) is not dict:
-            return Rejection("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
-        return self._check_fields(key, obj)
+        obj = decode_object(raw, self._max_bytes, "an event")
+        return obj if isinstance(obj, Rejection) else self._check_fields(key, obj)
 
     def _check_fields(self, key: bytes | None, obj: dict) -> InteractionEvent | Rejection:
         for name in (*_ID_FIELDS, "ts", "event_type"):
@@ -109,6 +100,21 @@ class EventValidator:
         )
 
 
+def decode_object(raw: bytes | None, max_bytes: int, what: str) -> dict | Rejection:
+    """The JSON object in a record value, or why there is none (tombstone, oversized, not JSON, not an object)."""
+    if raw is None:
+        return Rejection("malformed_json", f"empty record value (tombstone); {what} must be a JSON object")
+    if len(raw) > max_bytes:
+        return Rejection("oversized", f"payload is {len(raw)} bytes, limit is {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("malformed_json", f"not valid UTF-8 JSON: {exc}")
+    if type(obj) is not dict:
+        return Rejection("not_an_object", f"{what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def _check_string(name: str, value: object, max_length: int) -> Rejection | None:
     if type(value) is not str:
         return Rejection("wrong_type", f"'{name}' must be a string, got {_json_type(value)}")
@@ -130,16 +136,9 @@ MAX_K = 100
 def validate_request(key: bytes | None, raw: bytes | None, max_bytes: int = 16_384
                      ) -> RecommendationRequest | Rejection:
     """A recommendation request (contract: request_id, user_id, ts, k) or the reason it cannot be served."""
-    if raw is None:
-        return Rejection("malformed_json", "empty record value (tombstone); a request must be a JSON object")
-    if len(raw) > max_bytes:
-        return Rejection("oversized", f"payload is {len(raw)} bytes, limit is {max_bytes}")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Rejection("malformed_json", f"not valid UTF-8 JSON: {exc}")
-    if type(obj) is not dict:
-        return Rejection("not_an_object", f"request must be a JSON object, got {type(obj).__name__}")
+    obj = decode_object(raw, max_bytes, "a request")
+    if isinstance(obj, Rejection):
+        return obj
     for name in ("request_id", "user_id"):
         if name not in obj:
             return Rejection("missing_field", f"required field '{name}' is missing")
