@@ -28,6 +28,9 @@ out = Console()
 def finetune(
     budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (default: "
                                                           "EXPLORER_FINETUNE_BUDGET_S)")] = None,
+    schedule: Annotated[bool, typer.Option(help="Keep running: a cycle on the cadence or when the streaming "
+                                                "knowledge drifts from the serving model's (the hybrid scheduler)")]
+    = False,
     base_eval: Annotated[bool, typer.Option(help="Also evaluate the base model (the 'before' numbers)")] = True,
     served_eval: Annotated[bool, typer.Option(help="Also measure hit rate with the server's constrained "
                                                    "decoding")] = True,
@@ -43,6 +46,9 @@ def finetune(
     settings = get_settings()
     if budget is not None:
         settings = settings.model_copy(update={"finetune_budget_s": budget})
+    if schedule:
+        _run_schedule(settings, release)
+        return
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
@@ -134,6 +140,28 @@ def rollback() -> None:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     out.print(f"current LLM: {previous or 'the base model'} ({registry.current_model_path(settings)})")
+
+
+def _run_schedule(settings, release: bool) -> None:  # type: ignore[no-untyped-def]
+    """The hybrid scheduler until interrupted: drift is measured against the LanceDB knowledge of the serving
+    clusters version, every EXPLORER_FINETUNE_CHECK_INTERVAL_S."""
+    from models.clusters import load_serving
+    from models.finetune.cycle import run_cycle
+    from models.finetune.scheduler import knowledge_overlap, run_scheduler, serving_snapshot
+    from models.knowledge import KnowledgeStore
+
+    store = KnowledgeStore.from_settings(settings, load_serving(settings).version)
+
+    def overlap_now() -> float:
+        store.refresh()
+        return knowledge_overlap(store.all_top_next(n=3), serving_snapshot(settings))
+
+    def cycle(current) -> None:  # type: ignore[no-untyped-def]
+        result = run_cycle(current, None, evaluate_base=False, served=False, release_model=release)
+        out.print(f"cycle {result.version}: " + ("released" if result.released else
+                                                 f"not released ({'; '.join(result.reasons)})"))
+
+    run_scheduler(settings, cycle, overlap_now)
 
 
 def register(app: typer.Typer) -> None:

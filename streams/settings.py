@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     finetune_gate_exact_match: float = Field(0.9, ge=0, le=1)  # free generation must name a valid novel cluster
     finetune_gate_min_hit_rate: float = Field(0.10, ge=0, le=1)  # held-out recall@1 of the predicted novel cluster
     finetune_gate_min_agreement: float = Field(0.9, ge=0, le=1)  # quantized llama.cpp vs PyTorch greedy answers
+    # Hybrid scheduler (models/finetune/scheduler.py): a cycle every cadence, or sooner when the streaming knowledge
+    # has drifted from what the serving model was trained on.
+    finetune_cadence_s: float = Field(7 * 86_400.0, gt=0)
+    finetune_drift_threshold: float = Field(0.6, ge=0, le=1)  # count-weighted top-3 next-cluster overlap
+    finetune_min_gap_s: float = Field(3_600.0, ge=0)  # drift never triggers cycles closer than this
+    finetune_check_interval_s: float = Field(300.0, gt=0)
 
     # --- offline evaluation of update strategies (models/evaluation/; `explorer eval`) ---
     eval_points: int = Field(6, ge=1)  # evaluation points, evenly spaced (whole days) over the post-split period

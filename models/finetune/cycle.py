@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models.clusters import ClusterSet
-from models.finetune import curation, export, gates, quantize, registry, training
+from models.finetune import curation, export, gates, quantize, registry, scheduler, training
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ def run_cycle(settings: Settings, progress: Any | None = None, *, clusters: Clus
         "clusters_version": clusters.version, "data_period": _period(curated.period),
         "curation": curated.stats, "train": trained.as_dict(), "quant_type": settings.finetune_quant_type,
         "model_bytes": model_bytes, "metrics": evaluation.metrics, "base_metrics": base_metrics,
+        # What the model was trained to know, for the scheduler's drift check (models/finetune/scheduler.py).
+        "trained_top_next": scheduler.top_next_snapshot(
+            curation.period_counts(counts, curated.period.first_day, curated.period.split_day)),
         "baselines": gates.baselines(curated.held_out, curated.popular), "export_agreement": agreement,
         "served_hit_rate": candidate_served, "base_served_hit_rate": base_served, "gates": result.as_dict(),
         "settings": {k: v for k, v in settings.model_dump().items() if k.startswith("finetune_")},
