@@ -47,7 +47,8 @@ def register(app: "faust.App", context: "AppContext", clusters: "ClusterSet", ru
     @app.timer(settings.knowledge_sync_interval_s)
     async def sync_knowledge() -> None:
         # Reading a partition's counts runs on the event loop; during a bulk catch-up that would crowd out
-        # ingestion, so a sync that took d seconds waits at least 4*d before the next (<= 20% of the loop).
+        # ingestion, so a sync that took d seconds waits at least d*(1-share)/share before the next (the share of
+        # the loop is at most knowledge_sync_max_loop_share; steady-state syncs are short, so freshness holds).
         if time.monotonic() < next_sync["at"]:
             return
         changed = [(p, s) for p, s in list(runtime.stores.items()) if s.changed_since_sync]
@@ -68,7 +69,8 @@ def register(app: "faust.App", context: "AppContext", clusters: "ClusterSet", ru
                 partition_store.changed_pairs |= pairs
                 log.exception("knowledge sync of partition %d failed; will retry", partition)
         elapsed = time.monotonic() - started
-        next_sync["at"] = time.monotonic() + 4 * elapsed
+        share = settings.knowledge_sync_max_loop_share
+        next_sync["at"] = time.monotonic() + elapsed * (1 - share) / share
         context.metrics.knowledge_sync_seconds.observe(elapsed)
 
     @app.on_partitions_revoked.connect

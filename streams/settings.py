@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     window_days: tuple[int, ...] = (7, 30)  # rolling event-time windows for transition and trend counts
     allowed_lateness_s: float = Field(86_400.0, ge=0)  # later out-of-order events go to the DLQ
     knowledge_sync_interval_s: float = Field(0.5, gt=0)  # how often changed counts are written to LanceDB
+    knowledge_sync_max_loop_share: float = Field(0.1, gt=0, le=1)  # cap on the event loop time syncs take
 
     # --- sequence recommender (models/sequence.py; SequenceConfig reads every sequence_<field>) ---
     sequence_seed: int = 7
