@@ -37,7 +37,8 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
     settings = context.settings
     metrics = context.metrics
     interactions = context.topics.interactions.get_topic_name()
-    pairs = all_pairs(services.clusters)
+    # Each pair's owning partition never changes: hash once, not on every scan.
+    owner = {pair: pair_owner(pair, settings.interactions_partitions) for pair in all_pairs(services.clusters)}
     first_seen: dict[Pair, float] = {}  # when a pair's current fingerprint was first seen without a matching row
 
     def owned_partitions() -> set[int]:
@@ -65,8 +66,8 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
 
     def due(owned: set[int], knowledge: dict[Pair, list[tuple[str, int]]], now: float) -> list[Pair]:
         todo: list[tuple[int, Pair]] = []
-        for pair in pairs:
-            if pair_owner(pair, settings.interactions_partitions) not in owned:
+        for pair, partition in owner.items():
+            if partition not in owned:
                 continue
             wanted = fingerprint(knowledge.get(pair, []), pair)
             row = services.cache.current(pair)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from agents.ingest import dead_letter, keep_queued_events_on_resume
+from models.finetune.registry import current_model_path
 from models.pair_table import Pair, PairPrediction, PairTable, infer
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING
 from models.recommend import FALLBACK, LLM, NO_MODEL, TABLE, fallback_cluster, grounded_items, members_by_cluster
@@ -168,13 +169,6 @@ def _load_predictor_from(settings: Any, clusters: ClusterSet, path: str) -> Nove
     from models.llm import NovelClusterPredictor
 
     return NovelClusterPredictor(settings, clusters, model_path=path, n_threads=settings.llm_threads)
-
-
-def current_model_path(settings: Any) -> str:
-    """The released fine-tuned model when the registry has one, else EXPLORER_MODEL_PATH / the packaged GGUF."""
-    from models.finetune.registry import current_model_path as registry_path
-
-    return str(registry_path(settings))
 
 
 def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime: TransitionsRuntime,

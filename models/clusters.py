@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import os
 import re
 import time
 import unicodedata
@@ -24,7 +23,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.embeddings import decade_of, item_embeddings, item_sort_key, training_ratings
+from models.embeddings import (
+    decade_of,
+    item_embeddings,
+    item_sort_key,
+    training_ratings,
+)
+from models.storage import write_atomic
 from streams.movielens import Movie, Rating, dataset_dir, load_movies, load_ratings
 from streams.settings import Settings
 
@@ -150,7 +155,7 @@ def load_serving(settings: Settings) -> ClusterSet:
 
 def set_serving(settings: Settings, version: str) -> None:
     load_version(settings, version)  # refuse to point at a build that does not exist
-    _write_atomic(clusters_root(settings) / SERVING, version.encode("utf-8"))
+    write_atomic(clusters_root(settings) / SERVING, version.encode("utf-8"))
 
 
 def load_version(settings: Settings, version: str) -> ClusterSet:
@@ -527,17 +532,9 @@ def _assignment_hash(item_to_cluster: dict[str, str]) -> str:
 def _save(settings: Settings, built: ClusterSet, meta: dict[str, Any]) -> Path:
     folder = clusters_root(settings) / built.version
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / "clusters.json", orjson.dumps(built.to_json(), option=orjson.OPT_INDENT_2))
-    _write_atomic(folder / "meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-    _write_atomic(clusters_root(settings) / CURRENT, built.version.encode() + b"\n")
+    write_atomic(folder / "clusters.json", orjson.dumps(built.to_json(), option=orjson.OPT_INDENT_2))
+    write_atomic(folder / "meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    write_atomic(clusters_root(settings) / CURRENT, built.version.encode() + b"\n")
     return folder
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename over it: readers see the old file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with partial.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.storage import write_atomic
 from streams.settings import Settings
 
 PAD = 0  # item index 0 is padding; real items are 1..n
@@ -357,7 +358,13 @@ def _progress_bar(enabled: bool, description: str, total: int) -> Iterator[Any]:
         yield lambda epoch, status: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[status]}"), console=Console(stderr=True)) as progress:
@@ -479,7 +486,7 @@ class SequenceRecommender:
                     child.unlink()
                 staging.rmdir()
         if make_current:
-            _write_atomic(root / CURRENT, self.version.encode() + b"\n")
+            write_atomic(root / CURRENT, self.version.encode() + b"\n")
         return folder
 
 
@@ -503,13 +510,6 @@ def _version(config: SequenceConfig, data_hash: str, report: TrainReport) -> str
     stop = f"{report.epochs}/{report.best_epoch}".encode()
     digest = hashlib.sha256(orjson.dumps(config.to_json(), option=orjson.OPT_SORT_KEYS) + data_hash.encode() + stop)
     return f"sasrec-{digest.hexdigest()[:12]}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 # ---------------------------------------------------------------- public API

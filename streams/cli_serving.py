@@ -98,8 +98,8 @@ def pairs_build(
                                                         "only pays on an otherwise idle machine)")] = None,
 ) -> None:
     """Infer the novel cluster of every cluster pair with the LLM against the current knowledge, into LanceDB."""
-    from agents.recommender import current_model_path
     from models.clusters import ClustersNotBuilt, load_serving
+    from models.finetune.registry import current_model_path
     from models.knowledge import KnowledgeStore
     from models.llm import ModelNotFound, NovelClusterPredictor
     from models.pair_table import PairTable, build, bulk_order

@@ -14,7 +14,6 @@ Cheap to import (no torch): the serving side imports it on every model load.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from models.storage import write_atomic
 from streams.settings import Settings
 
 CURRENT = "current"
@@ -82,7 +82,7 @@ def register(settings: Settings, version: str, model_file: Path | None, metadata
     folder.mkdir(parents=True)
     if model_file is not None:
         shutil.move(str(model_file), folder / MODEL_FILE)
-    _write_atomic(folder / METADATA_FILE, orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    write_atomic(folder / METADATA_FILE, orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return ModelVersion(version, folder, metadata)
 
 
@@ -95,8 +95,8 @@ def release(settings: Settings, version: str) -> ModelVersion:
     if not model.model_path.is_file():
         raise RegistryError(f"model version {version} has no {MODEL_FILE}")
     history = [v for v in _history(settings) if v != version] + [version]
-    _write_atomic(llm_root(settings) / HISTORY, orjson.dumps(history))
-    _write_atomic(llm_root(settings) / CURRENT, version.encode() + b"\n")
+    write_atomic(llm_root(settings) / HISTORY, orjson.dumps(history))
+    write_atomic(llm_root(settings) / CURRENT, version.encode() + b"\n")
     return model
 
 
@@ -107,11 +107,11 @@ def rollback(settings: Settings) -> str | None:
         raise RegistryError("no released model to roll back from: the base model is already serving")
     history = [v for v in _history(settings) if v != current]
     previous = next((v for v in reversed(history) if (llm_root(settings) / v / MODEL_FILE).is_file()), None)
-    _write_atomic(llm_root(settings) / HISTORY, orjson.dumps(history))
+    write_atomic(llm_root(settings) / HISTORY, orjson.dumps(history))
     if previous is None:
         (llm_root(settings) / CURRENT).unlink(missing_ok=True)
     else:
-        _write_atomic(llm_root(settings) / CURRENT, previous.encode() + b"\n")
+        write_atomic(llm_root(settings) / CURRENT, previous.encode() + b"\n")
     return previous
 
 
@@ -143,11 +143,3 @@ def _check_name(version: str) -> None:
         raise RegistryError(f"invalid model version name {version!r}")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with partial.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
