@@ -26,7 +26,8 @@ from bench.common import isolated, print_table
 from models.clusters import build_clusters
 from models.knowledge import KnowledgeStore
 from models.llm import NovelClusterPredictor
-from models.pair_table import PairTable, all_pairs, build
+from models.pair_bulk import build
+from models.pair_table import PairTable, all_pairs
 from models.sequence import SequenceConfig, train_and_save
 from streams.app import consumer_group
 from streams.movielens import dataset_dir, load_ratings

@@ -23,8 +23,9 @@ the trending clusters). Decoding, always deterministic (greedy or argmax, no sam
   candidate token (~250 for 38 candidates), so it is ~5x slower than ``gbnf``.
 
 KV-cache reuse is the same for all three: the system prompt is evaluated once at load, the trending segment only
-when it changes, the request segment on every call, each always as one batch from the same position, so an answer
-never depends on what was asked before (see `_Primed`). Evaluating the request segment (~100 tokens) dominates a
+when it changes, the request's head (the older cluster's line) only when the older cluster changes, the rest of the
+request on every call, each always as one batch from the same position, so an answer never depends on what was
+asked before (see `_Primed`). Evaluating the request segment (~100 tokens) dominates a
 prediction on a small CPU, whatever the decoding method.
 
 One llama context is not thread-safe: `predict` holds a lock; callers run it in an executor thread so the event
@@ -53,7 +54,14 @@ from models.constrained import (
     log_normalizers,
     path_log_probs,
 )
-from models.prompts import Knowledge, PromptSegments, build_prompt, candidate_ids, prompt_segments, static_segment
+from models.prompts import (
+    Knowledge,
+    PromptSegments,
+    build_prompt,
+    candidate_ids,
+    prompt_segments,
+    static_segment,
+)
 from streams.settings import Settings
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "Knowledge", "ModelNotFound", "NovelClusterPredictor", "Prediction",
@@ -119,7 +127,7 @@ class NovelClusterPredictor:
         self._max_answer_tokens = max(len(name) for name in self._names.values()) + 2  # one character a token
         self._primed = _Primed(_LlamaContext(self._llm))
         self._scorer: _Primed | None = None  # its own multi-sequence context, made on first use
-        self._primed.ensure(self._tokenize(static_segment()), [])
+        self._primed.ensure([self._tokenize(static_segment())])
 
     # ------------------------------------------------------------------ public API
     @property
@@ -153,6 +161,12 @@ class NovelClusterPredictor:
         """The tokens every method evaluates: the three segments tokenized apart and joined."""
         return self._segment_tokens(prompt_segments(history, knowledge, self.clusters))
 
+    def prompt_logits(self, history: tuple[str, str], knowledge: Knowledge | None) -> np.ndarray:
+        """The next-token logits after the whole prompt (a copy): what every decoding method starts from."""
+        with self._lock:
+            self._evaluate_prompt(self._primed, prompt_segments(history, knowledge, self.clusters))
+            return np.array(self._primed.context.last_logits(), copy=True)
+
     def candidate_tokens(self, cluster_id: str) -> tuple[int, ...]:
         return self._name_tokens[cluster_id]
 
@@ -171,14 +185,20 @@ class NovelClusterPredictor:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _segment_tokens(self, segments: PromptSegments) -> list[int]:
-        return [*self._tokenize(segments.static), *self._tokenize(segments.trending), *self._tokenize(segments.request)]
+        return [token for part in self._token_parts(segments) for token in part]
+
+    def _token_parts(self, segments: PromptSegments) -> list[list[int]]:
+        """static, trending, request head, rest of the request: tokenized apart (they join to the whole prompt's
+        tokens, since every part but the first starts a line; tests/unit/test_llm.py checks it)."""
+        head = segments.request_head
+        return [self._tokenize(segments.static), self._tokenize(segments.trending), self._tokenize(head),
+                self._tokenize(segments.request[len(head):])]
 
     def _evaluate_prompt(self, primed: _Primed, segments: PromptSegments) -> float:
         started = time.perf_counter()
-        request = self._tokenize(segments.request)
-        reserve = len(request) + self._max_answer_tokens
-        primed.ensure(self._tokenize(segments.static), self._tokenize(segments.trending), reserve=reserve)
-        primed.context.decode(request)
+        *cached, rest = self._token_parts(segments)
+        primed.ensure(cached, reserve=len(rest) + self._max_answer_tokens)
+        primed.context.decode(rest)
         return time.perf_counter() - started
 
     # ------------------------------------------------------------------ (a) GBNF
@@ -405,32 +425,33 @@ class _SequencesContext:
 
 
 class _Primed:
-    """Keeps a context's KV cache at a checkpoint: the static segment, then the trending segment. Each is always
-    evaluated as one batch starting at the same position, and everything after the checkpoint is dropped before a
-    request is evaluated, so the logits a request sees do not depend on earlier requests."""
+    """Keeps a context's KV cache at a chain of checkpoints: the static segment, the trending segment, the request
+    head (the older cluster's line). Each level is always evaluated as one batch starting at the same position, and
+    everything after the last checkpoint is dropped before the rest of a request is evaluated, so the logits a
+    request sees do not depend on earlier requests; a level that changes is re-evaluated with every level after
+    it. Consecutive requests that share the older cluster (a bulk build walks the pairs grouped that way) evaluate
+    only their rest."""
 
     def __init__(self, context: Any):
         self.context = context
-        self._static: list[int] = []
-        self._trending: list[int] = []
+        self._levels: list[list[int]] = []
 
     def invalidate(self) -> None:
-        self._static, self._trending = [], []
+        self._levels = []
 
-    def ensure(self, static: list[int], trending: list[int], reserve: int = 0) -> None:
-        needed = len(static) + len(trending) + reserve
+    def ensure(self, levels: list[list[int]], reserve: int = 0) -> None:
+        needed = sum(map(len, levels)) + reserve
         if needed > self.context.capacity:
             raise ValueError(f"prompt and answer need {needed} tokens, over the context window of "
                              f"{self.context.capacity}")
-        if static != self._static or self.context.position < len(static):
-            self.invalidate()
-            self.context.truncate(0)
-            self.context.decode(static)
-            self._static = static
-        if trending != self._trending or self.context.position < len(static) + len(trending):
-            self._trending = []
-            self.context.truncate(len(static))
-            self.context.decode(trending)
-            self._trending = trending
-        self.context.truncate(len(static) + len(trending))
-
+        position = 0
+        for depth, tokens in enumerate(levels):
+            cached = self._levels[depth] if depth < len(self._levels) else None
+            if cached != tokens or self.context.position < position + len(tokens):
+                del self._levels[depth:]
+                self.context.truncate(position)
+                self.context.decode(tokens)
+                self._levels.append(tokens)
+            position += len(tokens)
+        del self._levels[len(levels):]
+        self.context.truncate(position)

@@ -30,7 +30,6 @@ from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge
 
 if TYPE_CHECKING:
     from models.clusters import ClusterSet
-    from models.knowledge import KnowledgeStore
     from models.llm import NovelClusterPredictor
     from streams.settings import Settings
 
@@ -150,48 +149,3 @@ def _prediction(row: Mapping[str, Any]) -> PairPrediction:
                           fingerprint=tuple(c for c in row["fingerprint"].split("|") if c),
                           top_next=tuple((c, int(n)) for c, n in orjson.loads(row["top_next"])),
                           inference_ms=row["inference_ms"], updated_at=row["updated_at"])
-
-
-@dataclass(frozen=True)
-class BulkReport:
-    pairs: int
-    with_knowledge: int
-    seconds: float
-    mean_inference_ms: float
-
-    @property
-    def pairs_per_s(self) -> float:
-        return self.pairs / self.seconds if self.seconds > 0 else 0.0
-
-
-def bulk_order(clusters: ClusterSet, knowledge: Mapping[Pair, Sequence[tuple[str, int]]]) -> list[Pair]:
-    """Every pair, the busiest (most transitions seen) first: a partial build already serves most requests."""
-    weight = {pair: sum(n for _, n in rows) for pair, rows in knowledge.items()}
-    return sorted(all_pairs(clusters), key=lambda pair: (-weight.get(pair, 0), pair))
-
-
-def build(predictor: NovelClusterPredictor, store: KnowledgeStore, table: PairTable, clusters: ClusterSet,
-          pairs: Sequence[Pair] | None = None, on_progress: Callable[[int], None] | None = None,
-          batch: int = 64) -> BulkReport:
-    """Infer and store `pairs` (default: every ordered pair of distinct clusters) against the current knowledge."""
-    store.refresh()
-    knowledge = store.all_top_next(n=MAX_TOP_NEXT + 2)  # +2: the pair's own clusters may be among them
-    trending = [cid for cid, _, _ in store.trending(n=MAX_TRENDING)]
-    version = store.knowledge_version()
-    todo = list(pairs) if pairs is not None else bulk_order(clusters, knowledge)
-    started = time.perf_counter()
-    pending: list[PairPrediction] = []
-    inference_ms = 0.0
-    for pair in todo:
-        prediction = infer(predictor, pair, knowledge.get(pair, []), trending, version)
-        inference_ms += prediction.inference_ms
-        pending.append(prediction)
-        if len(pending) >= batch:
-            table.upsert(pending)
-            pending = []
-        if on_progress:
-            on_progress(1)
-    table.upsert(pending)
-    table.compact()
-    return BulkReport(pairs=len(todo), with_knowledge=sum(1 for p in todo if p in knowledge),
-                      seconds=time.perf_counter() - started, mean_inference_ms=inference_ms / max(1, len(todo)))

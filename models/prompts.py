@@ -7,7 +7,9 @@ prompt is cut into three segments whose evaluated KV cache is reused at differen
 2. `trending` -- the trending clusters: global, so consecutive requests usually share it;
 3. `request`  -- the user's two latest clusters, the top next clusters for that pair with their counts, and the
    `<|im_start|>assistant\\n` that opens the answer (the instruction is in the system message, so the part
-   evaluated on every request holds only data).
+   evaluated on every request holds only data). Its first line pair, `request_head` ("I liked:" and the older
+   cluster), is shared by every pair with the same first cluster, so a bulk build that walks the pairs grouped by
+   their first cluster evaluates it once per group, not once per pair.
 
 The answer starts right after that newline, with no leading space, and every cluster name in the prompt also
 starts a line: the model then sees each name spelled with the very tokens it would answer with, which it copies far
@@ -43,6 +45,11 @@ class PromptSegments:
     static: str
     trending: str
     request: str
+    request_head: str = ""  # the start of `request` that depends only on the older cluster
+
+    def __post_init__(self) -> None:
+        if not self.request.startswith(self.request_head):
+            raise ValueError("request_head must be a prefix of request")
 
     @property
     def text(self) -> str:
@@ -63,11 +70,12 @@ def prompt_segments(history: tuple[str, str], knowledge: Knowledge | None, clust
 
     static = static_segment()
     trending_text = "Trending now:\n" + "".join(f"{_name(clusters, c)}\n" for c in trending) if trending else ""
-    request = (f"I liked:\n{older}\n{latest}\n"
+    head = f"I liked:\n{older}\n"
+    request = (f"{head}{latest}\n"
                + ("Viewers like me next chose:\n" + "".join(f"{_name(clusters, c)} ({counts[c]})\n" for c in shown)
                   if shown else "")
                + f"{IM_END}\n{IM_START}assistant\n")
-    return PromptSegments(static=static, trending=trending_text, request=request)
+    return PromptSegments(static=static, trending=trending_text, request=request, request_head=head)
 
 
 def static_segment() -> str:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from streams.settings import Settings, get_settings
@@ -79,7 +87,7 @@ def _names_and_titles(settings: Settings) -> tuple[dict[str, str], dict[str, str
 
 @sequence_app.command("train")
 def sequence_train(
-    budget: Annotated[Optional[float], typer.Option(help="Wall-clock budget in seconds (EXPLORER_SEQUENCE_BUDGET_S)")]
+    budget: Annotated[float | None, typer.Option(help="Wall-clock budget in seconds (EXPLORER_SEQUENCE_BUDGET_S)")]
     = None,
 ) -> None:
     """Train the sequence recommender on MovieLens's training period (seeded), save it and make it current."""
@@ -93,25 +101,38 @@ def sequence_train(
 
 @pairs_app.command("build")
 def pairs_build(
-    limit: Annotated[Optional[int], typer.Option(help="Only the N busiest pairs (default: every pair)")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads (default EXPLORER_LLM_THREADS; more "
-                                                        "only pays on an otherwise idle machine)")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the N busiest pairs (default: every pair)")] = None,
+    processes: Annotated[int | None, typer.Option(help="Worker processes, each with its own model (default: "
+                                                          "the CPU count / threads)")] = None,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads per process (default "
+                                                        "EXPLORER_LLM_THREADS)")] = None,
 ) -> None:
-    """Infer the novel cluster of every cluster pair with the LLM against the current knowledge, into LanceDB."""
+    """Infer the novel cluster of every cluster pair with the LLM against the current knowledge, into LanceDB.
+
+    Pairs are spread over processes in chunks sharing their first cluster, the busiest pairs first; rows are keyed
+    upserts, so an interrupted build can be run again."""
     from models.clusters import ClustersNotBuilt, load_serving
     from models.finetune.registry import current_model_path
     from models.knowledge import KnowledgeStore
-    from models.llm import ModelNotFound, NovelClusterPredictor
-    from models.pair_table import PairTable, build, bulk_order
+    from models.llm import ModelNotFound, NovelClusterPredictor, model_version
+    from models.pair_bulk import build, bulk_order, default_processes
+    from models.pair_table import PairTable
     from models.prompts import MAX_TOP_NEXT
 
     settings = get_settings()
+    threads = threads or settings.llm_threads
+    processes = processes or default_processes(threads)
+    if processes < 1 or threads < 1:
+        raise _fail("--processes and --threads must be at least 1")
     try:
         clusters = load_serving(settings)
         store = KnowledgeStore.from_settings(settings, clusters.version)
-        with console.status("Loading the LLM..."):
-            predictor = NovelClusterPredictor(settings, clusters, model_path=current_model_path(settings),
-                                              n_threads=threads or settings.llm_threads)
+        model_path = str(current_model_path(settings))
+        version = model_version(model_path) if Path(model_path).is_file() else None
+        predictor = None
+        if processes == 1 or version is None:  # a missing model fails here, with the predictor's clear message
+            with console.status("Loading the LLM..."):
+                predictor = NovelClusterPredictor(settings, clusters, model_path=model_path, n_threads=threads)
     except (ClustersNotBuilt, ModelNotFound) as exc:
         raise _fail(str(exc)) from exc
     table = PairTable.from_settings(settings, clusters.version)
@@ -119,11 +140,14 @@ def pairs_build(
     todo = order[:limit] if limit else order
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task("inferring pairs", total=len(todo))
-        report = build(predictor, store, table, clusters, todo, on_progress=lambda n: progress.advance(task, n))
+        task = progress.add_task(f"inferring pairs ({processes} process{'es' if processes > 1 else ''} x "
+                                 f"{threads} thread{'s' if threads > 1 else ''})", total=len(todo))
+        report = build(predictor, store, table, clusters, todo, on_progress=lambda n: progress.advance(task, n),
+                       processes=processes, settings=settings, model_path=model_path, threads=threads)
     out.print(f"{report.pairs} pairs ({report.with_knowledge} with retrieved knowledge) in {report.seconds:.1f}s: "
-              f"{report.pairs_per_s:.2f} pairs/s, {report.mean_inference_ms:.0f} ms per pair, model "
-              f"{predictor.model_version}; table rows: {table.count()}, fragments: {table.fragments()}")
+              f"{report.pairs_per_s:.2f} pairs/s with {report.processes} process(es), "
+              f"{report.mean_inference_ms:.0f} ms per pair in one process, model {version}; "
+              f"table rows: {table.count()}, fragments: {table.fragments()}")
 
 
 @pairs_app.command("show")

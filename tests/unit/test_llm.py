@@ -9,8 +9,22 @@ import numpy as np
 import pytest
 
 from models.clusters import Cluster, ClusterSet
-from models.constrained import PieceIndex, TokenTrie, gbnf_alternation, greedy_by_pieces, path_log_probs
-from models.llm import METHODS, Knowledge, ModelNotFound, NovelClusterPredictor, Prediction, build_prompt, model_version
+from models.constrained import (
+    PieceIndex,
+    TokenTrie,
+    gbnf_alternation,
+    greedy_by_pieces,
+    path_log_probs,
+)
+from models.llm import (
+    METHODS,
+    Knowledge,
+    ModelNotFound,
+    NovelClusterPredictor,
+    Prediction,
+    build_prompt,
+    model_version,
+)
 from models.prompts import prompt_segments
 from streams.settings import Settings
 
@@ -65,6 +79,18 @@ def test_same_input_same_answer_whatever_was_asked_before(predictor, answers):
         for i in (2,):  # the KV cache now holds another request (and other trending clusters)
             again = predictor.predict(*REQUESTS[i], method=method)
             assert again.cluster_id == answers[method][i].cluster_id, (method, REQUESTS[i])
+
+
+def test_a_cached_request_head_gives_bit_identical_logits(predictor):
+    """Pairs sharing the older cluster reuse its evaluated line; the logits must not depend on whether it was."""
+    target = (("c0", "c3"), Knowledge(top_next=[("c2", 4)], trending=["c5", "c9"]))
+    predictor.prompt_logits(("c0", "c1"), target[1])  # head "c0" now cached
+    reused = predictor.prompt_logits(*target)
+    predictor.prompt_logits(("c6", "c3"), target[1])  # another head: "c0" is evaluated again
+    fresh = predictor.prompt_logits(*target)
+    assert np.array_equal(reused, fresh)
+    other = predictor.prompt_logits(("c0", "c4"), target[1])
+    assert not np.array_equal(other, fresh)  # the rest of the request does reach the logits
 
 
 def test_the_default_method_is_trie_and_threads_may_share_a_predictor(predictor, answers):

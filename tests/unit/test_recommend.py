@@ -8,9 +8,22 @@ import pytest
 
 from agents.recommender import PairCache
 from models.clusters import Cluster, ClusterSet
-from models.pair_table import PairPrediction, PairTable, all_pairs, bulk_order, fingerprint, pair_owner
+from models.pair_bulk import bulk_order
+from models.pair_table import (
+    PairPrediction,
+    PairTable,
+    all_pairs,
+    fingerprint,
+    pair_owner,
+)
 from models.profiles import applied, auto_request_due
-from models.recommend import FALLBACK, TABLE, fallback_cluster, grounded_items, recommendation
+from models.recommend import (
+    FALLBACK,
+    TABLE,
+    fallback_cluster,
+    grounded_items,
+    recommendation,
+)
 from streams.records import InteractionEvent, RecommendationRequest
 from streams.settings import Settings
 from streams.validation import Rejection, validate_request
