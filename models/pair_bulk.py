@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,9 @@ def _build_in_processes(chunks: list[list[tuple[Pair, TopNext]]], trending: list
                         store_chunk(future.result())
             for future in pending:
                 store_chunk(future.result())
+        except BrokenProcessPool as exc:  # a worker died (out of memory, a model that fails to load, a crash)
+            raise RuntimeError(f"a bulk-build worker process died ({exc}); the pairs stored so far are kept, run "
+                               "the build again to finish (try fewer --processes if memory is short)") from exc
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -142,8 +142,11 @@ def pairs_build(
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task(f"inferring pairs ({processes} process{'es' if processes > 1 else ''} x "
                                  f"{threads} thread{'s' if threads > 1 else ''})", total=len(todo))
-        report = build(predictor, store, table, clusters, todo, on_progress=lambda n: progress.advance(task, n),
-                       processes=processes, settings=settings, model_path=model_path, threads=threads)
+        try:
+            report = build(predictor, store, table, clusters, todo, on_progress=lambda n: progress.advance(task, n),
+                           processes=processes, settings=settings, model_path=model_path, threads=threads)
+        except RuntimeError as exc:
+            raise _fail(str(exc)) from exc
     out.print(f"{report.pairs} pairs ({report.with_knowledge} with retrieved knowledge) in {report.seconds:.1f}s: "
               f"{report.pairs_per_s:.2f} pairs/s with {report.processes} process(es), "
               f"{report.mean_inference_ms:.0f} ms per pair in one process, model {version}; "

@@ -120,6 +120,7 @@ def test_bad_requests_are_dead_lettered_and_serving_goes_on(serving_settings, tm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4800)  # the replay (~2 min) and up to an hour of answers, beyond the suite's 600 s
 def test_all_943_users_after_the_full_replay(serving_settings, tmp_path):
     """The acceptance run over every MovieLens user (slow: ~100k events, then one request per user, most of them
     LLM misses the first time their pair is seen)."""

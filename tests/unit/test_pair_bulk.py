@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from models.clusters import Cluster, ClusterSet
 from models.knowledge import KnowledgeStore
 from models.llm import NovelClusterPredictor
@@ -55,3 +57,13 @@ def test_processes_store_the_answers_one_process_stores(tmp_path: Path) -> None:
     assert len(answers) == 12 and answers == _answers(shared)
     assert all(novel in NAMES and novel not in pair for pair, (novel, _) in answers.items())
     assert answers[("c1", "c2")][1] == ("c3", "c4")  # the rows carry the knowledge they were inferred from
+
+
+def test_a_worker_that_cannot_load_its_model_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file" * 100)
+    store = KnowledgeStore(str(tmp_path / "lancedb"), CLUSTERS.version, refresh_s=0.0)
+    table = PairTable(str(tmp_path / "pairs"), CLUSTERS.version, refresh_s=0.0)
+    with pytest.raises(RuntimeError, match="worker process died"):
+        build(None, store, table, CLUSTERS, processes=2, settings=Settings(data_dir=tmp_path), model_path=str(bad))
+    assert table.count() == 0
