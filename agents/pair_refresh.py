@@ -109,6 +109,7 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
                 # A fresh list every interval: a pair that just changed jumps ahead of the backlog at once.
                 todo = due(owned, knowledge, time.time()) if owned else []
                 continue
+            await services.llm_free_for_refresh.wait()  # request-time misses first
             pair = todo.pop(0)
             row: PairPrediction = await services.llm(infer, services.predictor, pair, knowledge.get(pair, []),
                                                      trending, version)

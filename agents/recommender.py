@@ -111,6 +111,11 @@ class Services:
     def __post_init__(self) -> None:
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender-io")
         self.llm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        # Request-time misses come before background pair refreshes on the one LLM thread: the refresher waits
+        # for this event, which is clear while any request is waiting for (or using) the LLM.
+        self.requests_waiting_for_llm = 0
+        self.llm_free_for_refresh = asyncio.Event()
+        self.llm_free_for_refresh.set()
         self.members = dict(members_by_cluster(self.clusters))
         self.ready = asyncio.Event()
 
@@ -119,6 +124,17 @@ class Services:
 
     async def llm(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.llm_executor, fn, *args)
+
+    async def llm_for_request(self, fn: Callable[..., T], *args: Any) -> T:
+        """`llm`, ahead of the background refresher (which waits while any request needs the LLM)."""
+        self.requests_waiting_for_llm += 1
+        self.llm_free_for_refresh.clear()
+        try:
+            return await self.llm(fn, *args)
+        finally:
+            self.requests_waiting_for_llm -= 1
+            if self.requests_waiting_for_llm == 0:
+                self.llm_free_for_refresh.set()
 
     async def start(self) -> None:
         from models.knowledge import KnowledgeStore
@@ -198,8 +214,11 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
         value = dead_letter(message.topic, message.partition, message.offset, message.value, error)
         await topics.dlq.send(key=message.key, value=value)
 
-    async def choose(request: RecommendationRequest, history: list[str]) -> tuple[str, str, str, str]:
-        """(novel cluster, source, model version, knowledge version)."""
+    async def choose(request: RecommendationRequest, history: list[str], waited_s: float
+                     ) -> tuple[str, str, str, str]:
+        """(novel cluster, source, model version, knowledge version). `waited_s`: how long the request was queued
+        before this worker took it; past `llm_max_queue_wait_s` a miss skips the LLM (a backlog drains through the
+        fallback instead of every later request waiting longer still, and expiring)."""
         pair = (history[0], history[1]) if len(history) == 2 else None
         if pair is not None:
             hit = services.cache.lookup(pair)
@@ -207,10 +226,12 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
                 sequence = services.sequence.version if services.sequence else NO_MODEL
                 return hit.novel, TABLE, f"{hit.model_version}|{sequence}", hit.knowledge_version
         top_next, trending, knowledge_version = await services.io(services.retrieve, pair, history)
-        if pair is not None and services.predictor is not None:
+        if pair is not None and services.predictor is not None and waited_s > settings.llm_max_queue_wait_s:
+            metrics.llm_failures.labels("backlog").inc()
+        elif pair is not None and services.predictor is not None:
             try:
                 row = await asyncio.wait_for(
-                    services.llm(infer, services.predictor, pair, top_next, trending, knowledge_version),
+                    services.llm_for_request(infer, services.predictor, pair, top_next, trending, knowledge_version),
                     timeout=settings.llm_timeout_s)
             except asyncio.TimeoutError:
                 metrics.llm_failures.labels("timeout").inc()
@@ -224,12 +245,12 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
         novel = fallback_cluster(history, top_next, trending, clusters)
         return novel, FALLBACK, services.model_version(), knowledge_version
 
-    async def answer(request: RecommendationRequest, partition: int) -> bytes:
+    async def answer(request: RecommendationRequest, partition: int, waited_s: float) -> bytes:
         state = runtime.processor.store_for(partition).get(USER_PREFIX + request.user_id)
         history = list(state["t"]) if state else []
         profile = profiles.get(request.user_id)
         recent = list(profile["items"]) if profile else []
-        novel, source, model_version, knowledge_version = await choose(request, history)
+        novel, source, model_version, knowledge_version = await choose(request, history, waited_s)
         items = await services.io(grounded_items, services.sequence, services.members.get(novel, []), recent,
                                   request.k)
         made = make_recommendation(request, history, novel, clusters, items, source, model_version,
@@ -279,7 +300,7 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
                 value, source = stored.encode(), "duplicate"
             else:
                 try:
-                    value = await answer(request, partition)
+                    value = await answer(request, partition, time.time() - message.timestamp)
                 except Exception as exc:  # a bug must not stop the stream or lose the request
                     log.exception("request %s failed", request.request_id)
                     await reject(message, "processing_error", f"processing_error: {type(exc).__name__}: {exc}")

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     responses_kept: int = Field(32, ge=1)  # per user: answered request ids whose response a duplicate gets again
     recommender_concurrency: int = Field(4, ge=1)  # requests in flight per worker (a table hit never waits on an LLM)
     llm_timeout_s: float = Field(10.0, gt=0)  # an LLM miss slower than this is answered by the fallback
+    # A request that was queued longer than this before its worker took it (a burst beyond the LLM's pace) is
+    # answered without the LLM (pair table or fallback), so the backlog drains instead of growing until expiry.
+    llm_max_queue_wait_s: float = Field(30.0, gt=0)
     llm_threads: int = Field(1, ge=1)  # llama.cpp threads; more only helps on an otherwise idle machine
     auto_request_every: int = Field(0, ge=0)  # 0: off; N: a request after every N-th positive engagement of a user
     pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed

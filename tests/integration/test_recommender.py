@@ -68,7 +68,8 @@ def check_answers(answers, ratings, settings) -> dict[str, int]:
 
 
 def test_every_user_gets_a_novel_cluster_grounded_in_its_items(serving_settings, tmp_path):
-    settings = serving_settings
+    # every request may wait for the LLM here (72 at once): this test is about the LLM path really serving
+    settings = serving_settings.model_copy(update={"llm_max_queue_wait_s": 3_600.0})
     ratings = load_ratings(settings.movielens_dir)[:6_000]  # 72 users (all 943: the slow test below)
     users = sorted({r.user_id for r in ratings}, key=int)
     with run_worker(settings, tmp_path) as worker:
@@ -90,6 +91,27 @@ def test_every_user_gets_a_novel_cluster_grounded_in_its_items(serving_settings,
             for user in again:
                 assert repeated[ids[user]].recommendation == by_user[user].recommendation
         assert worker.metric("explorer_duplicate_requests_total") == len(again)
+        assert worker.alive(), worker.log_tail()
+
+
+def test_a_backlog_skips_the_llm_instead_of_expiring(serving_settings, tmp_path):
+    """Requests queued longer than llm_max_queue_wait_s are answered without the LLM (table or fallback), each
+    counted; none is lost or expired. The bound is tiny here, so every miss counts as a backlog."""
+    settings = serving_settings.model_copy(update={"llm_max_queue_wait_s": 1e-3, "pair_refresh_enabled": False})
+    ratings = load_ratings(settings.movielens_dir)[:3_000]
+    users = sorted({r.user_id for r in ratings}, key=int)
+    with run_worker(settings, tmp_path) as worker:
+        replay_and_wait(settings, ratings)
+        with RecommendationClient(settings) as client:
+            ids = {user: client.send(user) for user in users}
+            answers = client.wait(ids.values(), timeout_s=300)
+        by_user = {user: answers[rid] for user, rid in ids.items()}
+        sources = check_answers(by_user, ratings, settings)
+        assert sources["llm"] == 0 and sources["table"] == 0, sources  # no table rows without the refresher
+        with_pairs = sum(len(a.recommendation["history_clusters"]) == 2 for a in by_user.values())
+        assert with_pairs > 0
+        assert worker.metric("explorer_llm_failures_total{reason=backlog}") == with_pairs
+        assert worker.metric("explorer_requests_rejected_total{reason=expired}") == 0
         assert worker.alive(), worker.log_tail()
 
 
