@@ -21,5 +21,4 @@ def register_all(app: "faust.App", context: "AppContext", clusters: "ClusterSet 
         user_profiles = profiles.register(app, context)
         if context.settings.recommendations_enabled:
             services = recommender.register(app, context, clusters, runtime, user_profiles)
-            if context.settings.pair_refresh_enabled:
-                pair_refresh.register(app, context, services)
+            pair_refresh.register(app, context, services)  # re-infers only with pair_refresh_enabled

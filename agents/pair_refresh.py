@@ -9,7 +9,10 @@ while the worker is more than `pair_refresh_max_lag` events behind (a catch-up: 
 
 Scale-out without coordination: each pair belongs to one interactions partition (a stable hash of the pair), and a
 worker refreshes only the pairs of the partitions Kafka assigned to it. Rows inferred on request-time misses are
-written here too, so all LanceDB writes of the pair table come from this one loop.
+written here too, so all LanceDB writes of the pair table come from this one loop; and at every scan the rows other
+writers stored (other workers, `explorer pairs build`) are merged into this worker's in-memory table (newest row
+wins, in memory as in LanceDB), so a pair refreshed anywhere serves everywhere. With `pair_refresh_enabled` off the
+loop only stores and merges rows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WRITE_EVERY = 32  # rows per LanceDB upsert while a round is busy
+# Rows other writers stored (other workers' refreshers, `explorer pairs build`) are merged in at every scan; rows
+# updated this long before the last merge are read again, so writers' clocks may disagree by up to this much.
+MERGE_SLACK_S = 60.0
 
 
 def register(app: faust.App, context: AppContext, services: Services) -> None:
@@ -54,6 +60,20 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
         knowledge.refresh()
         return (knowledge.all_top_next(n=MAX_TOP_NEXT + 2), [c for c, _, _ in knowledge.trending(n=MAX_TRENDING)],
                 knowledge.knowledge_version())
+
+    merged = {"since": time.time() - MERGE_SLACK_S}  # the worker loaded the whole table when it started
+
+    async def merge_other_writers() -> None:
+        # Each worker refreshes only the pairs of its partitions, but its users may have any pair: rows written
+        # elsewhere must reach this worker's in-memory table, and they also spare it re-inferring those pairs.
+        if services.pairs is None:
+            return
+        since, merged["since"] = merged["since"], time.time() - MERGE_SLACK_S
+        try:
+            services.cache.merge(await services.io(services.pairs.load, None, since))
+        except Exception:
+            merged["since"] = since
+            log.exception("reading pair-table rows of other writers failed; retrying next round")
 
     async def flush() -> None:
         rows, services.pending_rows = services.pending_rows, []
@@ -84,9 +104,14 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
     @app.task
     async def refresh_pairs() -> None:
         await services.ready.wait()
-        if services.predictor is None:
-            log.warning("pair refresher idle: no LLM (%s)", services.llm_error)
-            return
+        if services.predictor is None or not settings.pair_refresh_enabled:
+            if services.predictor is None:
+                log.warning("pair refresher idle: no LLM (%s)", services.llm_error)
+            while True:  # no re-inference here, yet rows from misses are stored and other writers' rows served
+                await asyncio.sleep(settings.pair_refresh_interval_s)
+                await flush()
+                await merge_other_writers()
+                metrics.pair_table_rows.set(services.cache.size())
         todo: list[Pair] = []
         scanned_at = 0.0
         while True:
@@ -94,6 +119,7 @@ def register(app: faust.App, context: AppContext, services: Services) -> None:
                 if not todo:  # nothing left to do: wait for the next scan instead of spinning
                     await asyncio.sleep(max(0.0, scanned_at + settings.pair_refresh_interval_s - time.monotonic()))
                 await flush()
+                await merge_other_writers()
                 metrics.pair_table_rows.set(services.cache.size())
                 owned = owned_partitions()
                 scanned_at = time.monotonic()

@@ -108,17 +108,23 @@ class PairTable:
         if not rows:
             return 0
         data = pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
-        (self._table.merge_insert(PAIR_KEY).when_matched_update_all().when_not_matched_insert_all().execute(data))
+        # Newest wins, whichever writer comes last (workers, the bulk build): as the in-memory cache decides.
+        (self._table.merge_insert(PAIR_KEY).when_matched_update_all(where="target.updated_at <= source.updated_at")
+         .when_not_matched_insert_all().execute(data))
         self._writes += 1
         if self._writes % 50 == 0:  # many small upserts pile up fragments: compact now and then
             self.compact()
         return len(rows)
 
-    def load(self, model_version: str | None = None) -> dict[str, dict[Pair, PairPrediction]]:
-        """model_version -> pair -> prediction (one model version, or all of them)."""
+    def load(self, model_version: str | None = None, updated_since: float | None = None
+             ) -> dict[str, dict[Pair, PairPrediction]]:
+        """model_version -> pair -> prediction (one model version, or all of them; only rows updated at or after
+        `updated_since`, if given)."""
         where = f"clusters_version = {sql_str(self.clusters_version)}"
         if model_version is not None:
             where += f" AND model_version = {sql_str(model_version)}"
+        if updated_since is not None:
+            where += f" AND updated_at >= {float(updated_since)!r}"
         found = self._table.search().where(where).limit(None).to_arrow().to_pylist()
         loaded: dict[str, dict[Pair, PairPrediction]] = {}
         for row in found:

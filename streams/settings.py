@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     llm_max_queue_wait_s: float = Field(30.0, gt=0)
     llm_threads: int = Field(1, ge=1)  # llama.cpp threads; more only helps on an otherwise idle machine
     auto_request_every: int = Field(0, ge=0)  # 0: off; N: a request after every N-th positive engagement of a user
-    pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed
+    pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed (off: rows
+    # are still stored and merged from other writers, never re-inferred here)
     pair_refresh_interval_s: float = Field(2.0, gt=0)  # how often the knowledge is scanned for changed pairs
     pair_refresh_min_interval_s: float = Field(30.0, ge=0)  # per pair: a hot pair must not monopolise the LLM
     # The refresher waits while this worker is more than this many interactions behind (a catch-up or backfill):

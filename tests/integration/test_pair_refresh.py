@@ -8,8 +8,9 @@ import time
 import pytest
 
 from models.clusters import load_serving
-from models.pair_table import PairTable
+from models.pair_table import PairPrediction, PairTable
 from streams import codec
+from streams.recommend_client import RecommendationClient
 from streams.records import InteractionEvent
 from streams.replay import make_producer
 from streams.topics import INTERACTIONS, topic_name
@@ -56,4 +57,20 @@ def test_a_changed_pair_is_re_inferred_within_seconds(serving_settings, tmp_path
         assert second.top_next == ((d, 2), (c, 1))
         inferred = sum(v for k, v in worker.metrics().items() if k.startswith("explorer_pair_inferences_total"))
         assert inferred >= 2
+
+        # A row another writer stored (another worker's refresher, `explorer pairs build`) reaches this worker's
+        # in-memory table within a scan and serves its users: (c, a) answered with e, marked as the test's row.
+        e = next(cid for cid in sorted(clusters.clusters) if cid not in (a, b, c, d))
+        external = PairPrediction(c1=c, c2=a, novel=e, model_version=second.model_version,
+                                  knowledge_version="written-by-the-test", fingerprint=(),
+                                  updated_at=time.time() + 3_600)  # newer than anything the worker infers
+        table.upsert([external])
+        explore("u9", [c, a])
+        with RecommendationClient(settings) as client:
+            def served_from_the_external_row():
+                rec = client.recommend("u9", timeout_s=60).recommendation
+                return rec["history_clusters"] == [c, a] and rec["source"] == "table" and \
+                    rec["novel_cluster"]["id"] == e and rec["knowledge_version"] == "written-by-the-test"
+            wait_until(served_from_the_external_row, 60, "the worker to serve the row another writer stored",
+                       poll_s=1.0)
         assert worker.alive(), worker.log_tail()

@@ -125,6 +125,10 @@ def test_pair_table_rows_round_trip_and_upsert_by_key(tmp_path) -> None:
     assert loaded["m1"][("c2", "c1")].novel == "c4" and loaded["m2"][("c1", "c2")].novel == "c4"
     assert table.count() == 3
     assert PairTable(str(tmp_path / "lancedb"), "other", refresh_s=0.0).load() == {}  # versions kept apart
+    table.upsert([row(("c1", "c2"), "c2", at=1.5)])  # an older write (another writer, late) does not win
+    assert table.load()["m1"][("c1", "c2")].novel == "c4"
+    assert set(table.load(updated_since=1.5)["m1"]) == {("c1", "c2")}  # only rows updated since then
+    assert table.load(updated_since=2.5) == {}
 
 
 def test_the_cache_serves_the_current_model_first_and_an_older_one_meanwhile() -> None:
