@@ -158,7 +158,7 @@ class NovelClusterPredictor:
                               prompt_s=prompt_s, decoded_tokens=decoded)
 
     def prompt_tokens(self, history: tuple[str, str], knowledge: Knowledge | None) -> list[int]:
-        """The tokens every method evaluates: the three segments tokenized apart and joined."""
+        """The tokens every method evaluates: the prompt's parts tokenized apart and joined."""
         return self._segment_tokens(prompt_segments(history, knowledge, self.clusters))
 
     def prompt_logits(self, history: tuple[str, str], knowledge: Knowledge | None) -> np.ndarray:
