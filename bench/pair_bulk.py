@@ -1,9 +1,12 @@
 """Bulk pair-table throughput: pairs/s of the build variants on the same pairs and knowledge, in one run.
 
-    python -m bench.pair_bulk [--pairs 120|all] [--processes N] [--threads 1] [--variants ungrouped,grouped,processes]
+    python -m bench.pair_bulk [--pairs 120|all] [--processes N] [--threads 1] [--variants gbnf,ungrouped,grouped,processes]
 
-* ``ungrouped``  -- the baseline: one process, pairs in busiest-first order, one `infer` after another (the build
-  before pairs were grouped; the older cluster's line is evaluated again for nearly every pair);
+* ``gbnf``       -- plain GBNF-constrained generation (llama-cpp-python's grammar sampler), one process, pairs in
+  busiest-first order: the issue's reference point for per-pair speed (not run unless asked for);
+* ``ungrouped``  -- the default baseline: one process, pairs in busiest-first order, one `infer` after another with
+  the trie decoding (the build before pairs were grouped; the older cluster's line is evaluated again for nearly
+  every pair);
 * ``grouped``    -- models/pair_bulk.build with one process: chunks of pairs sharing their first cluster, so that
   line is evaluated once per chunk;
 * ``processes``  -- the same with N worker processes (default: the CPU count / threads), each its own model.
@@ -31,7 +34,8 @@ from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge, prompt_segment
 from models.transitions import DAY_S, AllCounts
 from streams.settings import Settings
 
-VARIANTS = ("ungrouped", "grouped", "processes")
+VARIANTS = ("gbnf", "ungrouped", "grouped", "processes")
+DEFAULT_VARIANTS = ("ungrouped", "grouped", "processes")
 DAY = 10_000
 
 
@@ -40,7 +44,7 @@ def main() -> None:
     parser.add_argument("--pairs", default="120", help="the N busiest pairs, or 'all'")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads per process")
     parser.add_argument("--processes", type=int, default=None, help="for the 'processes' variant")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; the first is the baseline")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated; the first is the baseline")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
@@ -65,16 +69,20 @@ def main() -> None:
         shown_trending = [c for c, _, _ in store.trending(n=MAX_TRENDING)]
         rest_tokens, whole_tokens = _request_tokens(predictor, pairs, knowledge, shown_trending, clusters)
         infer(predictor, pairs[0], knowledge.get(pairs[0], []), shown_trending, "warm-up")  # page the weights in
+        if "gbnf" in variants:
+            predictor.predict(pairs[0], Knowledge(trending=shown_trending), method="gbnf")
 
         seconds: dict[str, float] = {}
         answers: dict[str, dict[Pair, str]] = {}
         for variant in variants:
             table = PairTable(str(scratch / f"pairs-{variant}"), clusters.version, refresh_s=0.0)
             started = time.perf_counter()
-            if variant == "ungrouped":
+            if variant in ("gbnf", "ungrouped"):
                 version = store.knowledge_version()
+                predictor.method = "gbnf" if variant == "gbnf" else "trie"
                 table.upsert([infer(predictor, pair, knowledge.get(pair, []), shown_trending, version)
                               for pair in pairs])
+                predictor.method = "trie"
             else:
                 build(predictor, store, table, clusters, pairs, processes=1 if variant == "grouped" else processes,
                       settings=settings, model_path=predictor.model_path, threads=args.threads)
