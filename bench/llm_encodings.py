@@ -24,22 +24,12 @@ from bench.llm_decoding import (
     sample_requests,
     transitions_and_trending,
 )
-from models.finetune.quantize import ftype_of
+from models.finetune.quantize import quantize
 from models.finetune.registry import current_model_path
 from models.llm import NovelClusterPredictor
 from streams.settings import Settings
 
 PROMPT_TOKENS = 80
-
-
-def reencode(source: Path, target: Path, quant_type: str) -> Path:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread, params.allow_requantize = ftype_of(quant_type), 2, True
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
-        raise RuntimeError(f"could not re-encode {source} as {quant_type}")
-    return target
 
 
 def prompt_ms_per_token(path: Path, threads: int) -> float:
@@ -74,7 +64,8 @@ def main() -> None:
         requests = sample_requests(nexts, trending, args.pairs)
         files = {f"{configured.name} (configured)": configured}
         for quant_type in [t.strip().upper() for t in args.types.split(",") if t.strip()]:
-            files[quant_type] = reencode(configured, scratch / f"model.{quant_type}.gguf", quant_type)
+            files[quant_type] = quantize(configured, scratch / f"model.{quant_type}.gguf", quant_type,
+                                         allow_requantize=True)
 
         results: dict[str, tuple[float, float, list[str], int]] = {}
         for label, path in files.items():

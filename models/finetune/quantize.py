@@ -41,8 +41,10 @@ def ftype_of(name: str) -> int:
     return int(getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{key}"))
 
 
-def quantize(source: str | Path, target: str | Path, quant_type: str, threads: int = 2) -> Path:
-    """Quantize `source` (F16/F32 GGUF) into `target` with llama.cpp's quantizer; atomic (written beside it)."""
+def quantize(source: str | Path, target: str | Path, quant_type: str, threads: int = 2,
+             allow_requantize: bool = False) -> Path:
+    """Quantize `source` (F16/F32 GGUF; any type with `allow_requantize`, which de-quantizes first) into `target`
+    with llama.cpp's quantizer; atomic (written beside it)."""
     import llama_cpp
 
     out = Path(target)
@@ -51,6 +53,7 @@ def quantize(source: str | Path, target: str | Path, quant_type: str, threads: i
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_of(quant_type)
     params.nthread = threads
+    params.allow_requantize = allow_requantize
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
     if code != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)

@@ -67,6 +67,14 @@ def check_answers(answers, ratings, settings) -> dict[str, int]:
     return sources
 
 
+def ask_everyone(settings, users, timeout_s: float) -> dict:
+    """One request per user, all sent at once; the answers by user."""
+    with RecommendationClient(settings) as client:
+        ids = {user: client.send(user) for user in users}
+        answers = client.wait(ids.values(), timeout_s=timeout_s)
+    return {user: answers[rid] for user, rid in ids.items()}
+
+
 def test_every_user_gets_a_novel_cluster_grounded_in_its_items(serving_settings, tmp_path):
     # every request may wait for the LLM here (72 at once): this test is about the LLM path really serving
     settings = serving_settings.model_copy(update={"llm_max_queue_wait_s": 3_600.0})
@@ -102,10 +110,7 @@ def test_a_backlog_skips_the_llm_instead_of_expiring(serving_settings, tmp_path)
     users = sorted({r.user_id for r in ratings}, key=int)
     with run_worker(settings, tmp_path) as worker:
         replay_and_wait(settings, ratings)
-        with RecommendationClient(settings) as client:
-            ids = {user: client.send(user) for user in users}
-            answers = client.wait(ids.values(), timeout_s=300)
-        by_user = {user: answers[rid] for user, rid in ids.items()}
+        by_user = ask_everyone(settings, users, timeout_s=300)
         sources = check_answers(by_user, ratings, settings)
         assert sources["llm"] == 0 and sources["table"] == 0, sources  # no table rows without the refresher
         with_pairs = sum(len(a.recommendation["history_clusters"]) == 2 for a in by_user.values())
@@ -170,10 +175,7 @@ def test_all_943_users_after_the_full_replay_and_a_bulk_pair_table(serving_setti
         assert report.pairs == everything and table.count() == everything
         wait_until(lambda: worker.metric("explorer_pair_table_rows") == everything, 60,
                    "the worker to merge the bulk-built rows")
-        with RecommendationClient(settings) as client:
-            ids = {user: client.send(user) for user in users}
-            answers = client.wait(ids.values(), timeout_s=600)
-        by_user = {user: answers[rid] for user, rid in ids.items()}
+        by_user = ask_everyone(settings, users, timeout_s=600)
         sources = check_answers(by_user, ratings, settings)
         with_pairs = sum(len(a.recommendation["history_clusters"]) == 2 for a in by_user.values())
         print(f"sources over all users: {sources}")

@@ -310,3 +310,17 @@ def test_score_counts_only_valid_novel_names(tmp_path):
     assert scored["plain"]["exact_match"] == 0.0 and scored["plain"]["hit_rate"] == 0.0
     assert scored["all"]["exact_match"] == 0.5
     assert gates.score(prompts, ["Romance ", "Cartoons"], clusters)["knowledge"]["exact_match"] == 0.0  # exact
+
+
+def test_requantizing_an_already_quantized_file_needs_allow_requantize(tmp_path):
+    """The packaged Q4_1 base is refused as a source unless asked for (bench.llm_encodings asks); the copy loads."""
+    from models.finetune.quantize import quantize
+    from models.finetune.registry import current_model_path
+
+    base = current_model_path(Settings())
+    with pytest.raises(RuntimeError, match="failed"):
+        quantize(base, tmp_path / "refused.gguf", "Q8_0")
+    assert not (tmp_path / "refused.gguf").exists() and not list(tmp_path.glob(".*.part"))
+    copy = quantize(base, tmp_path / "copy.Q4_0.gguf", "Q4_0", allow_requantize=True)
+    with copy.open("rb") as handle:
+        assert handle.read(4) == b"GGUF" and copy.stat().st_size > 50_000_000
