@@ -15,8 +15,12 @@ T = TypeVar("T")
 def retry_retriable(call: Callable[[], T], timeout_s: float = 30.0) -> T:
     """Run `call`, retrying while Kafka answers with a retriable error — e.g. NOT_COORDINATOR or
     COORDINATOR_LOAD_IN_PROGRESS while a fresh cluster is still creating `__consumer_offsets`."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
+    # librdkafka does not always flag these as retriable (seen: committed() on a just-started broker raised
+    # NOT_COORDINATOR with retriable() False), yet each only means "the coordinator is not ready yet".
+    coordinator_not_ready = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                             KafkaError.COORDINATOR_NOT_AVAILABLE}
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     while True:
@@ -24,7 +28,8 @@ def retry_retriable(call: Callable[[], T], timeout_s: float = 30.0) -> T:
             return call()
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            retriable = getattr(error, "retriable", lambda: False)()
+            retriable = getattr(error, "retriable", lambda: False)() or \
+                getattr(error, "code", lambda: None)() in coordinator_not_ready
             if not retriable or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)

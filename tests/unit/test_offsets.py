@@ -35,3 +35,18 @@ def test_retries_stop_at_the_deadline():
 
     with pytest.raises(KafkaException):
         retry_retriable(call, timeout_s=0.3)
+
+
+def test_coordinator_not_ready_is_retried_even_when_not_flagged_retriable():
+    """As librdkafka raised it in CI from committed() on a just-started broker."""
+    attempts = []
+
+    def call():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "Failed to get committed offsets",
+                                            retriable=False))
+        return "committed"
+
+    assert retry_retriable(call, timeout_s=10) == "committed"
+    assert len(attempts) == 3
