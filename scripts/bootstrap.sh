@@ -22,9 +22,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
+# llama-cpp-python compiles llama.cpp for this CPU (-march=native). Some virtual machines report AMX in cpuid but
+# never enable its register state, and llama.cpp's AMX kernels then die with "Illegal instruction" (seen here on
+# Sapphire Rapids guests), so AMX is left out; AVX-512 and the rest stay. Built without pip's wheel cache, which
+# could hold a build from before this rule.
+if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
+  echo "bootstrap: compiling llama-cpp-python for this CPU (~5 min on 2 cores)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_ARGS="${CMAKE_ARGS:-} -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/python" -m pip install -q --no-cache-dir "llama-cpp-python>=0.3.7"
+fi
+
 stamp="$VENV/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing interest-explorer and its test extras (llama-cpp-python compiles: ~5 min on 2 cores)"
+  echo "bootstrap: installing interest-explorer and its test extras"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/python" -m pip install -q -e ".[test]"
   rm -f "$VENV"/.installed-*
