@@ -1,24 +1,10 @@
-"""Faust agents. `register_all` wires every agent into an app made by streams.app.create_app."""
+"""Faust agents, each a small class with its dependencies injected, wired into an app by streams/app.py:
 
-from __future__ import annotations
+* ingest (agents/ingest.py): validation, dead letters, rerouting, the partition state (agents/state.py);
+* knowledge sync (agents/knowledge_sync.py): changed counts to the LanceDB knowledge store;
+* recommender (agents/recommender.py, agents/serving.py): requests to grounded recommendations;
+* pair refresher and model watcher (agents/pair_refresh.py).
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import faust
-
-    from models.clusters import ClusterSet
-    from streams.app import AppContext
-
-
-def register_all(app: "faust.App", context: "AppContext", clusters: "ClusterSet | None") -> None:
-    from agents import ingest, knowledge_sync, pair_refresh, profiles, recommender, transitions
-
-    ingest.register(app, context)
-    if clusters is not None:
-        runtime = transitions.register(app, context, clusters)
-        knowledge_sync.register(app, context, clusters, runtime)
-        user_profiles = profiles.register(app, context)
-        if context.settings.recommendations_enabled:
-            services = recommender.register(app, context, clusters, runtime, user_profiles)
-            pair_refresh.register(app, context, services)  # re-infers only with pair_refresh_enabled
+agents/batching.py gives them one event per fetched run of a partition; agents/outbox.py, agents/acks.py and
+agents/health.py are how their outputs are delivered, their inputs acked, and the worker stopped when it must.
+"""

@@ -1,130 +1,221 @@
-"""The ingest agent: validates every interaction record, dead-letters bad ones, hands good ones to processors.
+"""The ingest agent: validates interaction records, reroutes mis-partitioned ones, applies the rest to the state.
 
-It consumes raw bytes in batches (`take_events`) so JSON decoding and validation stay cheap per event, and it
-never lets one bad record stop the stream: a rejection or a processor failure becomes a dead letter with a reason.
+It takes one `RecordBatch` (agents/batching.py) per fetched run of a partition of `interactions` or of its
+repartition topic. For each batch:
+
+1. every record is validated (streams/validation.py); a bad one becomes a dead letter with the reason;
+2. a valid event from `interactions` whose user's state lives on another partition (the producer did not partition
+   by murmur2) is forwarded to that partition of `interactions.repartition` (agents/routing.py);
+3. the others are applied to the partition state (models/partition_state.py); events it cannot place (too late,
+   a processing error) become dead letters too;
+4. dead letters, forwarded records, automatic recommendation requests and the changelog writes go out as one
+   outbox unit, and the batch is acked once all of them are delivered (agents/acks.py).
+
+Nothing is dropped and nothing is committed early: per-record problems are dead-lettered, and anything else that
+goes wrong in a batch stops the worker (agents/health.py) before its offsets can be acked.
 """
 
 from __future__ import annotations
 
-import base64
-import inspect
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from streams import codec
-from streams.records import DeadLetter, InteractionEvent
+import orjson
+
+from agents.batching import RecordBatch, SourceRecord, keep_queued_events_on_resume
+from agents.outbox import Outbox, OutboxUnit
+from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
+from models.partition_state import DIRECT, REROUTED, BatchResult, PartitionState
+from streams.dead_letters import dead_letter
+from streams.records import RecommendationRequest, SourcedEvent
 from streams.validation import EventValidator, Rejection
 
 if TYPE_CHECKING:
     import faust
 
-    from streams.app import AppContext
+    from agents.acks import Acker
+    from agents.health import Health
+    from agents.state import StateTable
+    from streams.metrics import Metrics
+    from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SourcedEvent:
-    """A valid event with where it came from: processors use partition/offset to stay idempotent."""
-
-    event: InteractionEvent
-    partition: int
-    offset: int
-
-
-# A processor takes one partition-ordered batch of valid events and returns (or, if async, resolves to) the failures
-# it wants dead-lettered.
-BatchProcessor = Callable[[Sequence[SourcedEvent]], "list[tuple[SourcedEvent, str]]"]
+@dataclass(frozen=True)
+class IngestTopics:
+    interactions: str
+    repartition: str
+    dlq: str
+    requests: str
 
 
-def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, error: str) -> bytes:
-    record = DeadLetter(
-        error=error,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        raw=base64.b64encode(raw or b"").decode("ascii"),
-        at=time.time(),
-    )
-    return codec.dumps(record)
+class IngestAgent:
+    def __init__(self, settings: Settings, topics: IngestTopics, states: StateTable | None, outbox: Outbox,
+                 acker: Acker, metrics: Metrics, health: Health,
+                 partitions_for: Callable[[str], Awaitable[int]], clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.states = states
+        self.outbox = outbox
+        self.acker = acker
+        self.metrics = metrics
+        self.health = health
+        self.partitions_for = partitions_for
+        self.clock = clock
+        self.validator = EventValidator(settings, clock=clock)
+        self.partition_of = PartitionOf(settings.interactions_partitions)
+        self.last_offsets: dict[tuple[str, int], int] = {}
+        self._misrouted_logged_at: dict[str, float] = {}
 
+    # ---------------------------------------------------------------------------------------------- one batch
+    async def handle(self, batch: RecordBatch) -> None:
+        where = f"{batch.topic}:{batch.partition}@{batch.first_offset}..{batch.offset}"
+        try:
+            unit = await self._process(batch)
+            await unit.send()
+        except Exception as exc:  # not a record's fault (those are dead-lettered): stop before anything is acked
+            await self.health.fail(f"ingest batch {where}", exc)
+            raise
+        await self.acker.after_delivery(batch, unit, f"ingest batch {where}")
 
-def keep_queued_events_on_resume(app: "faust.App", stream: "faust.StreamT") -> None:
-    """Stop `app.flow_control.resume()` from emptying this stream's queue of fetched events.
-
-    At the end of a table recovery Faust resumes the source partitions and awaits the seek to the committed offsets
-    *before* it resumes flow control, which clears every stream queue: events fetched in that window were dropped,
-    unprocessed and unacked, while the fetcher's read offset moved past them. Later commits skip such a hole (Faust
-    accepts a one-offset hole, and any hole before a partition's first commit) or stall on it, and the per-user
-    offsets of the transitions state then take the re-delivered events for already applied. The clearing is not
-    needed here: Faust's compiled stream iterator skips, without acking, events of an older consumer generation.
-    """
-    queues = getattr(app.flow_control, "_queues", None)
-    if queues is None:  # a Faust/mode without the managed queue set: nothing to detach, but say so
-        log.warning("cannot detach the %s stream queue from flow control; events may be lost on rebalance", stream)
-        return
-    queues.discard(stream.channel.queue)
-
-
-def register(app: "faust.App", context: "AppContext") -> None:
-    settings = context.settings
-    metrics = context.metrics
-    validator = EventValidator(settings)
-    dlq = context.topics.dlq
-    last_offsets: dict[tuple[str, int], int] = {}
-
-    async def send_dead_letter(message, error: str) -> None:  # type: ignore[no-untyped-def]
-        if not settings.dead_letters:  # a backfill: the live workers dead-lettered these records already
-            return
-        value = dead_letter(message.topic, message.partition, message.offset, message.value, error)
-        await dlq.send(key=message.key, value=value)
-
-    @app.agent(context.topics.interactions, name="ingest")
-    async def ingest(stream: "faust.StreamT") -> None:
-        keep_queued_events_on_resume(app, stream)
-        async for events in stream.take_events(settings.stream_batch_size, within=settings.stream_batch_timeout_s):
-            started = time.monotonic()
-            now = time.time()
-            valid: list[SourcedEvent] = []
-            for event in events:
-                message = event.message
-                last_offsets[(message.topic, message.partition)] = message.offset
-                result = validator.validate(message.key, message.value)
-                if isinstance(result, Rejection):
-                    metrics.events_rejected.labels(result.code).inc()
-                    await send_dead_letter(message, str(result))
-                else:
-                    valid.append(SourcedEvent(result, message.partition, message.offset))
-                # Broker append time → now: how far behind real time the worker runs.
-                metrics.event_latency.observe(max(0.0, now - message.timestamp))
-            metrics.events_in.inc(len(events))
-            metrics.events_valid.inc(len(valid))
-            for processor in context.processors:
-                try:
-                    failures = processor(valid)
-                    if inspect.isawaitable(failures):  # processors that write state await their writes
-                        failures = await failures
-                except Exception as exc:  # a bug in one processor must not stop ingestion or lose the batch
-                    log.exception("processor %r failed on a batch of %d events", processor, len(valid))
-                    failures = [(item, f"{type(exc).__name__}: {exc}") for item in valid]
-                if failures:
-                    messages = {(e.message.partition, e.message.offset): e.message for e in events}
-                    for failed, reason in failures:
-                        metrics.events_rejected.labels("processing_error").inc()
-                        await send_dead_letter(messages[(failed.partition, failed.offset)], f"processing_error: {reason}")
-            metrics.batch_seconds.observe(time.monotonic() - started)
-
-    @app.timer(5.0)
-    async def report_lag() -> None:
-        for tp in app.consumer.assignment():
-            if tp.topic != context.topics.interactions.get_topic_name():
+    async def _process(self, batch: RecordBatch) -> OutboxUnit:
+        started = time.monotonic()
+        metrics, settings = self.metrics, self.settings
+        unit = self.outbox.unit()
+        rerouted = batch.topic == self.topics.repartition
+        source = REROUTED if rerouted else DIRECT
+        partition = batch.partition
+        valid: list[SourcedEvent] = []
+        records_by_offset: dict[int, SourceRecord] = {}
+        misrouted = 0
+        now = self.clock()
+        latency = metrics.event_latency
+        for record in batch.records:
+            latency.observe(max(0.0, now - record.timestamp))  # broker append time -> now: how far behind
+            result = self.validator.validate(record.key, record.value)
+            if isinstance(result, Rejection):
+                metrics.events_rejected.labels(result.code).inc()
+                await self._dead_letter(unit, record, str(result))
                 continue
-            highwater = app.consumer.highwater(tp)
-            seen = last_offsets.get((tp.topic, tp.partition))
+            target = self.partition_of(record.key)  # type: ignore[arg-type]  # validated: key == user_id
+            if target != partition:
+                if rerouted:  # only a faulty writer of the internal topic gets here
+                    metrics.events_rejected.labels("wrong_partition").inc()
+                    await self._dead_letter(unit, record, f"wrong_partition: a rerouted record for partition "
+                                                          f"{target} arrived on partition {partition}")
+                    continue
+                self._forward(unit, record, target)
+                misrouted += 1
+                continue
+            records_by_offset[record.offset] = record
+            valid.append(SourcedEvent(result, partition, record.offset, source))
+        metrics.events_in.inc(len(batch.records))
+        metrics.events_valid.inc(len(valid) + misrouted)
+        if misrouted:
+            metrics.events_misrouted.labels(self.topics.interactions).inc(misrouted)
+            self._log_misrouted(misrouted, len(batch.records))
+        if self.states is not None and valid:
+            state = self.states.partition(partition)
+            result = await self._apply(state, valid)
+            for sourced, reason in result.failures:
+                metrics.events_rejected.labels(reason.split(":", 1)[0]).inc()
+                await self._dead_letter(unit, records_by_offset[sourced.offset], reason)
+            for sourced in result.requests_due:
+                await self._auto_request(unit, sourced)
+            changelog = self.states.changelog_topic
+            for key, value in self.states.encode(partition, result.writes):
+                unit.add(changelog, partition, key, value)
+        if rerouted:
+            metrics.events_rerouted_in.labels(self.topics.interactions).inc(len(valid))
+        self.last_offsets[(batch.topic, partition)] = batch.offset
+        metrics.batch_seconds.observe(time.monotonic() - started)
+        return unit
+
+    async def _apply(self, state: PartitionState, events: list[SourcedEvent]) -> BatchResult:
+        """Apply a batch; an event whose processing raises is retried (bounded, with backoff, counted) before it is
+        dead-lettered, so a failure that passes (a flaky dependency of a processor) costs time, not records. Events
+        are applied whole or not at all, and in order: the batch waits for the failing event."""
+        result = BatchResult()
+        rest, attempts = events, 0
+        while rest:
+            done, error = state.apply_events(rest, result)
+            if error is None:
+                break
+            rest = rest[done:]
+            attempts += 1
+            self.metrics.processing_retries.inc()
+            if attempts > self.settings.processing_retries:
+                log.error("event at %s:%d@%d failed %d times, dead-lettered: %s", self.topics.interactions,
+                          rest[0].partition, rest[0].offset, attempts, error)
+                state.record_error(result, rest[0], error)
+                rest, attempts = rest[1:], 0
+                continue
+            self.health.send_retried(f"processing {type(error).__name__}")
+            await asyncio.sleep(self.settings.processing_retry_backoff_s * 2 ** (attempts - 1))
+        result.writes = state.finish()
+        return result
+
+    # ---------------------------------------------------------------------------------------------- outputs
+    async def _dead_letter(self, unit: OutboxUnit, record: SourceRecord, error: str) -> None:
+        if not self.settings.dead_letters:  # a backfill: the live workers dead-lettered these records already
+            return
+        origin = header(record.headers, ORIGIN_HEADER)
+        value = dead_letter(record.topic, record.partition, record.offset, record.value, error,
+                            self.settings.dead_letter_max_raw_bytes, origin.decode() if origin else None,
+                            clock=self.clock)
+        partitions = await self.partitions_for(self.topics.dlq)
+        target = self.partition_of(record.key) % partitions if record.key else 0
+        unit.add(self.topics.dlq, target, record.key, value)
+
+    def _forward(self, unit: OutboxUnit, record: SourceRecord, target: int) -> None:
+        headers = [(ORIGIN_HEADER, origin_of(record.topic, record.partition, record.offset))]
+        unit.add(self.topics.repartition, target, record.key, record.value, headers,
+                 timestamp_ms=int(record.timestamp * 1000))
+
+    async def _auto_request(self, unit: OutboxUnit, sourced: SourcedEvent) -> None:
+        event = sourced.event
+        # Deterministic id: a redelivered event asks again with the same id and gets the same answer.
+        request = RecommendationRequest(f"auto-{event.event_id}", event.user_id, event.ts)
+        unit.add(self.topics.requests, sourced.partition, event.user_id.encode(), orjson.dumps(request))
+        self.metrics.auto_requests.inc()
+
+    def _log_misrouted(self, count: int, of: int) -> None:
+        now = time.monotonic()
+        topic = self.topics.interactions
+        if now - self._misrouted_logged_at.get(topic, -1e9) >= 60.0:
+            self._misrouted_logged_at[topic] = now
+            log.warning("%d of %d records of a batch of %s arrived on a partition other than their user's (the "
+                        "producer does not partition by murmur2): rerouted through %s at the cost of one more hop; "
+                        "explorer_events_misrouted_total counts them (logged at most once a minute)",
+                        count, of, topic, self.topics.repartition)
+
+    # ---------------------------------------------------------------------------------------------- lag
+    def report_lag(self, consumer: Any) -> float:
+        """Update the lag gauges of this agent's partitions; returns the total lag."""
+        total = 0.0
+        for tp in consumer.assignment():
+            if tp.topic not in (self.topics.interactions, self.topics.repartition):
+                continue
+            highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            lag = highwater - (seen + 1 if seen is not None else 0)
-            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+            seen = self.last_offsets.get((tp.topic, tp.partition))
+            lag = max(0, highwater - (seen + 1 if seen is not None else 0))
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            total += lag
+        return total
+
+
+def attach(app: faust.App, agent: IngestAgent, channel: faust.TopicT) -> None:
+    """The Faust agent: one RecordBatch at a time, acked by the agent itself once its outputs are delivered."""
+
+    @app.agent(channel, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        keep_queued_events_on_resume(app, stream)
+        async for event in stream.noack().events():
+            await agent.handle(event.message)

@@ -1,9 +1,11 @@
-"""The knowledge sync agent: keeps the LanceDB knowledge store (RAG side) in step with this worker's partitions.
+"""The knowledge sync: keeps the LanceDB knowledge store (RAG side) in step with this worker's partitions.
 
-Every `knowledge_sync_interval_s`, each partition whose state changed is read on the event loop (a consistent
-snapshot: the agent mutates the state on the same loop) and written from ONE executor thread, so LanceDB's I/O
-never blocks the event loop and one store instance never writes from two threads. Workers write only rows of their
-own partitions; readers sum over partitions.
+Every `knowledge_sync_interval_s`, each partition whose counts changed gets its rows prepared on the event loop --
+from the partition state's own count index, for the pairs that changed (day windows and trends whole: they span
+only the last days), so a sync costs what changed, not the size of the state -- and written from ONE executor
+thread, so LanceDB's I/O never blocks the event loop and one store instance never writes from two threads. Workers
+write only rows of their own partitions; readers sum over partitions. A failed write is retried at the next round
+with the same hints (nothing is lost), counted, and shows in /health.
 """
 
 from __future__ import annotations
@@ -11,73 +13,71 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
-
-from models.transitions import read_counts
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import faust
 
-    from agents.transitions import TransitionsRuntime
-    from models.clusters import ClusterSet
-    from streams.app import AppContext
+    from agents.health import Health
+    from agents.state import StateTable
+    from models.knowledge import KnowledgeStore
+    from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-def register(app: "faust.App", context: "AppContext", clusters: "ClusterSet", runtime: "TransitionsRuntime") -> None:
-    from models.knowledge import KnowledgeStore
+class KnowledgeSync:
+    def __init__(self, states: StateTable, open_store: Callable[[], KnowledgeStore], executor: Executor,
+                 metrics: Metrics, health: Health, clock: Callable[[], float] = time.monotonic) -> None:
+        self.states = states
+        self.open_store = open_store
+        self.executor = executor
+        self.metrics = metrics
+        self.health = health
+        self.clock = clock
+        self.store: KnowledgeStore | None = None
+        self.failures = 0
 
-    settings = context.settings
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-writer")
-    store_holder: dict[str, KnowledgeStore] = {}
-    interactions_topic = context.topics.interactions.get_topic_name()
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def knowledge() -> KnowledgeStore:
-        if "store" not in store_holder:
-            loop = asyncio.get_running_loop()
-            store = await loop.run_in_executor(executor, KnowledgeStore.from_settings, settings, clusters.version)
-            await loop.run_in_executor(executor, store.upsert_clusters, clusters)
-            store_holder["store"] = store
-        return store_holder["store"]
-
-    next_sync = {"at": 0.0}
-
-    @app.timer(settings.knowledge_sync_interval_s)
-    async def sync_knowledge() -> None:
-        # Reading a partition's counts runs on the event loop; during a bulk catch-up that would crowd out
-        # ingestion, so a sync that took d seconds waits at least d*(1-share)/share before the next (the share of
-        # the loop is at most knowledge_sync_max_loop_share; steady-state syncs are short, so freshness holds).
-        if time.monotonic() < next_sync["at"]:
-            return
-        changed = [(p, s) for p, s in list(runtime.stores.items()) if s.changed_since_sync]
+    async def sync(self) -> int:
+        """One round: write every partition with changes; returns how many were written."""
+        changed = [(p, s) for p, s in self.states.held().items() if s.changed_pairs or s.trends_changed]
         if not changed:
-            return
-        store = await knowledge()
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        for partition, partition_store in changed:
-            partition_store.changed_since_sync = False
-            pairs, partition_store.changed_pairs = partition_store.changed_pairs, set()
-            counts = read_counts([partition_store])
+            return 0
+        if self.store is None:
+            self.store = await self._run(self.open_store)
+        store = self.store
+        started = self.clock()
+        written = 0
+        for partition, state in changed:
+            pairs, state.changed_pairs = state.changed_pairs, set()
+            trends_changed, state.trends_changed = state.trends_changed, False
+            update = store.prepare(partition, state.counts, state.watermark, pairs)  # on the loop: a snapshot
             try:
-                await loop.run_in_executor(executor, store.write_partition_counts, partition, counts,
-                                           partition_store.latest_ts, pairs)
-            except Exception:  # the next round sends the same changes again: nothing is lost
-                partition_store.changed_since_sync = True
-                partition_store.changed_pairs |= pairs
+                await self._run(store.write, update)
+                written += 1
+            except Exception as exc:  # the next round sends the same changes again: nothing is lost
+                state.changed_pairs |= pairs
+                state.trends_changed |= trends_changed
+                self.failures += 1
+                self.metrics.knowledge_sync_failures.inc()
+                self.health.send_retried(f"knowledge sync of partition {partition}: {type(exc).__name__}")
                 log.exception("knowledge sync of partition %d failed; will retry", partition)
-        elapsed = time.monotonic() - started
-        share = settings.knowledge_sync_max_loop_share
-        next_sync["at"] = time.monotonic() + elapsed * (1 - share) / share
-        context.metrics.knowledge_sync_seconds.observe(elapsed)
+        self.metrics.knowledge_sync_seconds.observe(self.clock() - started)
+        return written
 
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(app: "faust.App", revoked, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        store = store_holder.get("store")
-        for tp in revoked:
-            # The partition's state stays with the transitions runtime (its TransitionState holds that store);
-            # only the knowledge store's memory of what it wrote is stale once another worker writes the rows.
-            if tp.topic == interactions_topic and store is not None:
-                store.release_partition(tp.partition)
+    def release(self, partitions: list[int]) -> None:
+        # Another worker writes these partitions' rows from now on: our memory of what we wrote there is stale.
+        if self.store is not None:
+            for partition in partitions:
+                self.store.release_partition(partition)
+
+
+def attach(app: faust.App, sync: KnowledgeSync, interval_s: float) -> None:
+    @app.timer(interval_s, name="knowledge_sync")
+    async def sync_knowledge() -> None:
+        await sync.sync()

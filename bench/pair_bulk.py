@@ -31,7 +31,7 @@ from models.llm import NovelClusterPredictor
 from models.pair_bulk import build, bulk_order, default_processes
 from models.pair_table import Pair, PairTable, infer
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge, prompt_segments
-from models.transitions import DAY_S, AllCounts
+from models.counts import DAY_S, AllCounts
 from streams.settings import Settings
 
 VARIANTS = ("gbnf", "ungrouped", "grouped", "processes")

@@ -41,17 +41,17 @@ from models.knowledge_rows import (
     ALL,
     TREND_HISTORY,
     PartitionRows,
+    PartitionUpdate,
     RowKey,
     Trend,
     TrendKey,
     diff,
-    transition_rows,
-    trend_rows,
+    partition_update,
     trend_score,
     window_days_of,
     window_name,
 )
-from models.transitions import AllCounts, Pair, day_of
+from models.counts import AllCounts, Pair, day_of
 
 if TYPE_CHECKING:
     from models.clusters import ClusterSet
@@ -186,18 +186,32 @@ class KnowledgeStore:
                                pairs: Collection[Pair] | None = None) -> None:
         """Make the store hold ``counts``, the partition's complete counts, with windows ending at event time ``as_of``.
 
-        ``pairs``: the only pairs whose counts changed since the last call (a hint: only their rows are compared).
-        The first write of a partition in this process, and one every ``full_write_every_s``, compares every row
-        against the table itself; later ones send only the rows that differ from what this process wrote before,
-        which assumes nobody else writes the partition meanwhile (call :meth:`release_partition` when it is
-        handed to another worker).
+        ``pairs``: the only pairs whose counts changed since the last call (a hint: only their all-time rows are
+        compared). The same as :meth:`write` of :meth:`prepare`, for callers that own the counts outright.
         """
-        now = self._clock()
+        self.write(self.prepare(partition, counts, as_of, pairs))
+
+    def prepare(self, partition: int, counts: AllCounts, as_of: float,
+                pairs: Collection[Pair] | None = None) -> PartitionUpdate:
+        """The rows a write of ``counts`` needs, computed now (where the counts may not change meanwhile); every
+        row when this process has not written the partition yet, or not for ``full_write_every_s``."""
         written = self._written.get(partition)
-        if written is None or now - written.synced_at >= self.full_write_every_s:
-            self._written[partition] = self._write_all(partition, counts, as_of, now)
+        full = written is None or self._clock() - written.synced_at >= self.full_write_every_s
+        return partition_update(partition, counts, as_of, self.window_days, self.trend_history,
+                                None if full else pairs)
+
+    def write(self, update: PartitionUpdate) -> None:
+        """Write a prepared update (any thread; one writer per partition). A full update compares every row with
+        the table itself and deletes the partition's rows it does not hold; later ones send only the rows that
+        differ from what this process wrote before, which assumes nobody else writes the partition meanwhile (call
+        :meth:`release_partition` when it is handed to another worker)."""
+        now = self._clock()
+        written = self._written.get(update.partition)
+        if written is None or update.pairs is None:
+            self._write_all(update)
+            self._written[update.partition] = PartitionRows.of(update, now)
         else:
-            self._write_changes(partition, written, counts, as_of, pairs, now)
+            self._write_changes(update, written)
         self._writes_since_compact += 1
         self._maybe_compact()
 
@@ -205,35 +219,36 @@ class KnowledgeStore:
         """Forget what this process wrote for ``partition``: its next write compares against the table again."""
         self._written.pop(partition, None)
 
-    def _write_all(self, partition: int, counts: AllCounts, as_of: float, now: float) -> PartitionRows:
-        """Upsert every row, rewriting only changed ones, and delete the partition's rows missing from ``counts``."""
-        transitions = transition_rows(counts, as_of, self.window_days)
-        trends = trend_rows(counts, as_of, self.window_days, self.trend_history)
-        scope = self._partition_filter(partition)
-        self._merge(self._transitions, TRANSITION_KEY, self._transition_data(partition, transitions, now),
+    def _write_all(self, update: PartitionUpdate) -> None:
+        """Upsert every row, rewriting only changed ones, and delete the partition's rows missing from ``update``."""
+        now = self._clock()
+        scope = self._partition_filter(update.partition)
+        transitions = {**update.all_rows, **update.window_rows}
+        self._merge(self._transitions, TRANSITION_KEY, self._transition_data(update.partition, transitions, now),
                     changed="target.`count` != source.`count`", delete_missing=scope)
-        self._merge(self._trends, TREND_KEY, self._trend_data(partition, trends, now),
+        self._merge(self._trends, TREND_KEY, self._trend_data(update.partition, update.trends, now),
                     changed="target.`count` != source.`count` OR target.baseline != source.baseline",
                     delete_missing=scope)
-        return PartitionRows.of(day_of(as_of), now, transitions, trends)
 
-    def _write_changes(self, partition: int, written: PartitionRows, counts: AllCounts, as_of: float,
-                       pairs: Collection[Pair] | None, now: float) -> None:
-        """Send what differs from ``written``. A new day moves every window, so then every pair is compared."""
-        day = day_of(as_of)
-        scope = None if pairs is None or day != written.day else set(pairs)
-        transitions = transition_rows(counts, as_of, self.window_days, scope)
-        changed, gone = diff(written.transitions(scope), transitions)
+    def _write_changes(self, update: PartitionUpdate, written: PartitionRows) -> None:
+        """Send what differs from ``written``: all-time rows of the changed pairs, and every day-window row."""
+        now = self._clock()
+        partition = update.partition
+        pairs = update.pairs or frozenset()
+        changed, gone = diff(written.all_rows(pairs), update.all_rows)
+        changed_windows, gone_windows = diff(written.windows, update.window_rows)
+        changed.update(changed_windows)
+        gone.extend(gone_windows)
         if changed or gone:
             self._merge(self._transitions, TRANSITION_KEY, self._transition_data(partition, changed, now),
                         delete_missing=self._gone_filter(partition, transitions_filter(gone)))
-        written.replace(scope, transitions)
-        trends = trend_rows(counts, as_of, self.window_days, self.trend_history)
-        changed_trends, gone_trends = diff(written.trends, trends)
+        written.replace(pairs, update.all_rows)
+        written.windows = dict(update.window_rows)
+        changed_trends, gone_trends = diff(written.trends, update.trends)
         if changed_trends or gone_trends:
             self._merge(self._trends, TREND_KEY, self._trend_data(partition, changed_trends, now),
                         delete_missing=self._gone_filter(partition, trends_filter(gone_trends)))
-        written.trends, written.day = trends, day
+        written.trends = dict(update.trends)
 
     def upsert_clusters(self, cluster_set: ClusterSet) -> None:
         """Store (and embed) the clusters of this store's version; clusters no longer in the set are removed."""

@@ -1,15 +1,15 @@
 """The rows one partition's counts become in the knowledge store (pure: no LanceDB here).
 
 Windows: "all" (all-time) and "<N>d" for each N of ``Settings.window_days``; an "<N>d" window is the N daily buckets
-ending with the bucket of ``as_of`` (the worker's latest event time), exactly as :func:`models.transitions.window_counts`.
+ending with the bucket of ``as_of`` (the worker's latest event time), exactly as :func:`models.counts.window_counts`.
 
 Trends, per cluster and "<N>d" window: ``count`` = positive engagements in the window; ``baseline`` = the mean count
 of the ``history`` same-length windows just before it (fixed, so baselines of partitions simply add up; before there
 is that much history the baseline is low and young clusters look like they trend). Read-time score:
 ``(count + 1) / (baseline + 1)`` after summing partitions (:func:`trend_score`).
 
-:class:`PartitionRows` remembers what a writer last wrote for a partition, so the next write sends only the rows that
-:func:`diff` finds changed or gone.
+:func:`partition_update` computes the rows one write must make true; :class:`PartitionRows` remembers what a writer last
+wrote for a partition, so the next write sends only the rows that :func:`diff` finds changed or gone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from models.transitions import AllCounts, Pair, TransitionCounts, day_of, window_counts
+from models.counts import AllCounts, Pair, TransitionCounts, day_of, window_counts
 
 ALL = "all"
 TREND_HISTORY = 4
@@ -90,32 +90,57 @@ def diff(old: Mapping[K, V], new: Mapping[K, V]) -> tuple[dict[K, V], list[K]]:
 
 
 @dataclass
+class PartitionUpdate:
+    """The rows of one partition a write must make true, computed where the counts live (the worker's event loop)
+    and written elsewhere (a LanceDB thread): "all"-window rows of ``pairs`` (every pair when ``pairs`` is None),
+    and every row of the day windows and of the trends."""
+
+    partition: int
+    day: int
+    pairs: frozenset[Pair] | None
+    all_rows: dict[RowKey, int]
+    window_rows: dict[RowKey, int]
+    trends: dict[TrendKey, Trend]
+
+
+def partition_update(partition: int, counts: AllCounts, as_of: float, window_days: Iterable[int],
+                     history: int = TREND_HISTORY, pairs: Collection[Pair] | None = None) -> PartitionUpdate:
+    """Rows for a write: day windows and trends are recomputed whole (they only span the last days, and move with
+    every new day), the all-time rows only for the pairs that changed."""
+    scope = None if pairs is None else frozenset(pairs)
+    window_rows: dict[RowKey, int] = {}
+    for days in window_days:
+        window_rows.update(_rows_of(window_counts(counts, days, as_of), window_name(days), None))
+    return PartitionUpdate(partition, day_of(as_of), scope, dict(_rows_of(counts.total, ALL, scope)), window_rows,
+                           trend_rows(counts, as_of, window_days, history))
+
+
+@dataclass
 class PartitionRows:
     """One partition's rows as this process last wrote them (a partition has one writer): the next write sends only
     the difference."""
 
-    day: int
     synced_at: float
+    windows: dict[RowKey, int]
     trends: dict[TrendKey, Trend]
-    by_pair: dict[Pair, dict[RowKey, int]] = field(default_factory=dict)
+    all_by_pair: dict[Pair, dict[RowKey, int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, day: int, synced_at: float, transitions: Mapping[RowKey, int], trends: dict[TrendKey, Trend]
-           ) -> PartitionRows:
-        rows = cls(day, synced_at, trends)
-        rows.replace(None, transitions)
+    def of(cls, update: PartitionUpdate, synced_at: float) -> PartitionRows:
+        rows = cls(synced_at, dict(update.window_rows), dict(update.trends))
+        rows.replace(None, update.all_rows)
         return rows
 
-    def transitions(self, pairs: Collection[Pair] | None) -> dict[RowKey, int]:
-        groups = self.by_pair.values() if pairs is None else (self.by_pair.get(p, {}) for p in pairs)
+    def all_rows(self, pairs: Collection[Pair] | None) -> dict[RowKey, int]:
+        groups = self.all_by_pair.values() if pairs is None else (self.all_by_pair.get(p, {}) for p in pairs)
         return {key: n for group in groups for key, n in group.items()}
 
-    def replace(self, pairs: Collection[Pair] | None, transitions: Mapping[RowKey, int]) -> None:
-        """Record ``transitions`` as the rows of ``pairs`` (of every pair when None)."""
+    def replace(self, pairs: Collection[Pair] | None, all_rows: Mapping[RowKey, int]) -> None:
+        """Record ``all_rows`` as the "all"-window rows of ``pairs`` (of every pair when None)."""
         if pairs is None:
-            self.by_pair = {}
+            self.all_by_pair = {}
         else:
             for pair in pairs:
-                self.by_pair.pop(pair, None)
-        for key, n in transitions.items():
-            self.by_pair.setdefault((key[0], key[1]), {})[key] = n
+                self.all_by_pair.pop(pair, None)
+        for key, n in all_rows.items():
+            self.all_by_pair.setdefault((key[0], key[1]), {})[key] = n

@@ -1,7 +1,7 @@
 """The straightforward, batch computation of transition and trend counts from raw data.
 
 It states the contract (../shared/contract.md, "Cluster transitions") as directly as possible and is the oracle the
-streaming state machine (models/transitions.py) is tested against. It knows nothing about offsets, partitions or
+streaming partition state (models/partition_state.py) is tested against. It knows nothing about offsets, partitions or
 lateness: give it the events the stream accepted (too-late events are dead-lettered by the stream, not counted).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from models.transitions import AllCounts, day_of, normalized
+from models.counts import AllCounts, day_of, normalized
 from streams.records import InteractionEvent
 from streams.settings import Settings
 

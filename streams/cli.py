@@ -122,14 +122,32 @@ def worker(
 ) -> None:
     """Run a Faust worker: validation, the agents, /health and /metrics. Start more for more partitions."""
     import faust
+    from confluent_kafka import KafkaException
 
     from streams.app import create_app
+    from streams.limits import LimitsError
 
     settings = get_settings()
     if web_port is not None:
         settings = settings.model_copy(update={"web_port": web_port})
     faust_app = create_app(settings)
+    try:
+        prepare_worker(settings, faust_app.conf.id, faust_app.explorer.topics)  # type: ignore[attr-defined]
+    except (LimitsError, KafkaException) as exc:
+        raise _fail(f"the worker cannot start: {exc}") from exc
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+
+
+def prepare_worker(settings, group: str, topics: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Before Faust starts: the worker's internal topics exist and every size limit agrees (streams/limits.py)."""
+    from streams.limits import check_limits
+    from streams.topics import create_topics, internal_topics
+
+    if not topics:
+        return
+    create_topics(settings, specs=internal_topics(settings, group))
+    check_limits(settings, topics["dlq"], [(topics["interactions"], topics["interactions_repartition"]),
+                                           (topics["requests"], topics["requests_repartition"])])
 
 
 # ---------------------------------------------------------------- replay

@@ -178,7 +178,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
     import torch
 
     from models.evaluation.finetuning import BudgetedFineTuner, unavailable_reason
-    from models.transitions import day_of
+    from models.counts import day_of
     from streams.eval_pipeline import EvalPipeline, isolated_settings
     from streams.movielens import dataset_dir, load_ratings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from models.transitions import DAY_S, AllCounts, TransitionCounts, window_counts, window_trends
+from models.counts import DAY_S, AllCounts, TransitionCounts, window_counts, window_trends
 from streams import codec
 
 

@@ -33,6 +33,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+        self.events_misrouted = Counter(
+            "explorer_events_misrouted", "Records that arrived on a partition other than their user's (the producer "
+            "does not partition by murmur2) and were rerouted through the repartition topic", ["topic"], registry=r,
+        )
+        self.events_rerouted_in = Counter(
+            "explorer_events_rerouted_in", "Rerouted records consumed from a repartition topic", ["topic"], registry=r,
+        )
+        self.auto_requests = Counter(
+            "explorer_auto_requests", "Recommendation requests sent after every auto_request_every-th positive "
+            "engagement", registry=r,
+        )
+        self.agent_restarts = Counter(
+            "explorer_agent_restarts", "Agents that crashed and were restarted by Faust", ["agent"], registry=r,
+        )
+        self.worker_healthy = Gauge(
+            "explorer_worker_healthy", "1 when /health says ok, 0 when degraded or failed", registry=r,
+        )
+        self.processing_retries = Counter(
+            "explorer_processing_retries", "Event processing attempts that raised and were retried", registry=r,
+        )
+        self.knowledge_sync_failures = Counter(
+            "explorer_knowledge_sync_failures", "Knowledge store writes that failed (retried at the next round)",
+            registry=r,
+        )
+
         self.transition_events = Gauge(
             "explorer_transition_events", "Events seen by the transitions state, by outcome", ["outcome"], registry=r
         )

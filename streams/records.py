@@ -16,13 +16,31 @@ class InteractionEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SourcedEvent:
+    """A valid event with where it came from. ``partition`` is the partition whose state holds the user (the
+    source partition, or the one a mis-partitioned record was routed to); ``source`` says which topic it was read
+    from ("i": interactions, "r": its repartition topic) and ``offset`` where: state stays idempotent per source."""
+
+    event: InteractionEvent
+    partition: int
+    offset: int
+    source: str = "i"
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     error: str
     topic: str
     partition: int
     offset: int
-    raw: str  # the original bytes, base64
+    raw: str  # the original bytes (only a prefix of them when `truncated`), base64
     at: float  # wall-clock time of the rejection
+    raw_size: int = 0  # length of the original bytes
+    raw_sha256: str = ""  # of the original bytes (all of them, also when `raw` is a prefix)
+    truncated: bool = False  # `raw` holds only the first dead_letter_max_raw_bytes of the original
+    # Where the record was first produced, when it reached `topic` by a reroute (the repartition topics):
+    # "<topic>:<partition>@<offset>".
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     app_id: str = "interest-explorer"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    stream_batch_size: int = Field(500, ge=1)  # events taken per Faust batch (take())
-    stream_batch_timeout_s: float = Field(0.05, gt=0)
+    # Records fetched per poll: the largest run of one partition an agent takes as one batch (agents/batching.py).
+    stream_batch_size: int = Field(2_000, ge=1)
     producer_linger_s: float = Field(0.02, ge=0)  # lets changelog and DLQ writes share produce requests
     # Which clusters build the worker counts with (default: the serving one, see models.clusters.load_serving);
     # `explorer backfill` sets it for the worker that fills a new version's state.
@@ -59,8 +59,20 @@ class Settings(BaseSettings):
     # Dead-letter rejected records. A backfill turns it off: the live workers already dead-lettered those records.
     dead_letters: bool = True
 
-    # --- event validation ---
+    # --- event validation and dead letters ---
     max_event_bytes: int = Field(16_384, ge=256)
+    # A dead letter embeds at most this many of the record's bytes (a prefix, with the original size and sha256), so
+    # it always fits the producer's request and the DLQ topic (checked at start-up, streams/limits.py).
+    dead_letter_max_raw_bytes: int = Field(65_536, ge=1_024)
+    # The producer's largest request; must hold the largest dead letter and changelog record (checked at start-up).
+    producer_max_request_bytes: int = Field(1_048_576, ge=65_536)
+    # An event whose processing raises is retried this many times (backoff doubling from processing_retry_backoff_s)
+    # before it is dead-lettered as processing_error: a failure that passes costs time, not records.
+    processing_retries: int = Field(3, ge=0)
+    processing_retry_backoff_s: float = Field(0.2, ge=0)
+    # Fault injection for tests and drills (streams/failpoints.py), e.g. "apply=8@20000": event processing raises
+    # for 8 s after the 20,000th event. Empty: off.
+    failpoints: str = ""
     min_event_ts: float = 631_152_000.0  # 1990-01-01: earlier timestamps are treated as absurd
     max_future_skew_s: float = 86_400.0  # events more than a day ahead of wall clock are absurd
     positive_rating_threshold: float = 4.0
@@ -71,9 +83,12 @@ class Settings(BaseSettings):
     cluster_seed: int = 7
     train_fraction: float = Field(0.8, gt=0, lt=1)  # event-time split: the first part trains clusters/models
 
-    # --- transitions and trends (agents/transitions.py) ---
+    # --- transitions and trends (models/partition_state.py) ---
     window_days: tuple[int, ...] = (7, 30)  # rolling event-time windows for transition and trend counts
     allowed_lateness_s: float = Field(86_400.0, ge=0)  # later out-of-order events go to the DLQ
+    # Positive engagements kept per user inside the lateness horizon (bounds a user record's size: a user with more
+    # inside one horizon has the oldest pruned early, and events sorting before those are too late).
+    transitions_max_history_entries: int = Field(2_000, ge=1)
     knowledge_sync_interval_s: float = Field(0.5, gt=0)  # how often changed counts are written to LanceDB
     knowledge_sync_max_loop_share: float = Field(0.1, gt=0, le=1)  # cap on the event loop time syncs take
 

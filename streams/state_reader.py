@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from agents.transitions import changelog_topic_name
-from models.transitions import AllCounts, read_counts
+from agents.state import changelog_topic_name
+from models.counts import AllCounts, read_counts
 from streams.app import consumer_group
 from streams.kafka_config import confluent_config
 from streams.settings import Settings

@@ -52,15 +52,32 @@ class ProvisionResult:
     partition_mismatch: dict[str, tuple[int, int]]  # name -> (wanted, actual)
 
 
-def create_topics(settings: Settings, timeout_s: float = 30.0) -> ProvisionResult:
-    """Create every catalogue topic that does not exist yet; existing topics are left as they are."""
+def repartition_topic_name(group: str, logical_name: str) -> str:
+    """The internal topic that reroutes `logical_name` records to their user's partition, one per consumer group
+    (as Kafka Streams names its repartition topics): a backfilling group never feeds the live group's."""
+    return f"{group}-{logical_name}-repartition"
+
+
+def internal_topics(settings: Settings, group: str) -> list[TopicSpec]:
+    """The worker's own topics (beside Faust's changelogs): the repartition topics of its consumer group. Records
+    wait there only until the owning worker read them: a week's retention is plenty."""
+    partitions = settings.interactions_partitions
+    week = {"retention.ms": str(7 * 86_400_000)}
+    return [TopicSpec(name, repartition_topic_name(group, name), partitions, settings.replication_factor, week)
+            for name in (INTERACTIONS, RECOMMENDATION_REQUESTS)]
+
+
+def create_topics(settings: Settings, timeout_s: float = 30.0, specs: list[TopicSpec] | None = None
+                  ) -> ProvisionResult:
+    """Create every catalogue topic (or every one of `specs`) that does not exist yet; existing topics are left as
+    they are."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from streams.kafka_config import confluent_config
 
     admin = AdminClient(confluent_config(settings))
-    specs = catalogue(settings)
+    specs = catalogue(settings) if specs is None else specs
     existing_topics = admin.list_topics(timeout=timeout_s).topics
     missing = [spec for spec in specs if spec.name not in existing_topics]
     created: list[str] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from models.clusters import ClusterSet
-from models.transitions import AllCounts
+from models.counts import AllCounts
 from streams.settings import Settings
 
 StepCallback = Callable[[int, int], None]  # (done, total)

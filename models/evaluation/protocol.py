@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from models.transitions import DAY_S
+from models.counts import DAY_S
 from streams.movielens import Rating
 from streams.settings import Settings
 

@@ -35,7 +35,7 @@ from models.prompts import (
     prompt_segments,
 )
 from models.reference import reference_counts
-from models.transitions import AllCounts, day_of
+from models.counts import AllCounts, day_of
 from streams.settings import Settings
 
 Pair = tuple[str, str]

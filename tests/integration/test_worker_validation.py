@@ -2,6 +2,7 @@
 records interleaved with them are all processed, and the worker keeps running."""
 
 import base64
+import hashlib
 import random
 
 import orjson
@@ -56,10 +57,14 @@ def test_bad_inputs_land_in_the_dlq_and_good_ones_are_processed(isolated_setting
         received = []
         for message in dead:
             letter = orjson.loads(message.value())
-            assert set(letter) == {"error", "topic", "partition", "offset", "raw", "at"}
+            assert set(letter) == {"error", "topic", "partition", "offset", "raw", "at", "raw_size", "raw_sha256",
+                                   "truncated", "origin"}
             assert letter["error"] and letter["topic"] == topic
             assert letter["partition"] >= 0 and letter["offset"] >= 0
-            received.append((message.key() or b"", base64.b64decode(letter["raw"])))
+            raw = base64.b64decode(letter["raw"])
+            assert not letter["truncated"] and letter["raw_size"] == len(raw)
+            assert letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+            received.append((message.key() or b"", raw))
         assert sorted(received) == sent_bad  # exactly the bad records, byte for byte, with their original keys
 
         health = orjson.loads(worker.get("/health"))

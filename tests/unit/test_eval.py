@@ -30,7 +30,7 @@ from models.evaluation.strategies import (
     RandomNovel,
     Snapshot,
 )
-from models.transitions import DAY_S
+from models.counts import DAY_S
 from streams.movielens import Rating
 
 DAY = float(DAY_S)

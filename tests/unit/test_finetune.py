@@ -13,7 +13,7 @@ import pytest
 from models.clusters import Cluster, ClusterSet
 from models.finetune import curation, export, gates, registry
 from models.prompts import Knowledge
-from models.transitions import DAY_S, AllCounts
+from models.counts import DAY_S, AllCounts
 from streams.movielens import Rating
 from streams.settings import Settings
 

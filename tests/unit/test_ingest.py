@@ -6,7 +6,7 @@ import asyncio
 
 import faust
 
-from agents.ingest import keep_queued_events_on_resume
+from agents.batching import keep_queued_events_on_resume
 
 
 def test_flow_control_resume_keeps_the_ingest_streams_queued_events():

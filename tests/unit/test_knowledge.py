@@ -13,8 +13,8 @@ import pytest
 from models.clusters import Cluster, ClusterSet
 from models.knowledge import KnowledgeStore
 from models.knowledge_embedding import HashingEmbedder, words
-from models.knowledge_rows import PartitionRows, diff, transition_rows, trend_rows
-from models.transitions import DAY_S, AllCounts, TransitionCounts
+from models.knowledge_rows import PartitionRows, diff, partition_update, transition_rows, trend_rows
+from models.counts import DAY_S, AllCounts, TransitionCounts
 
 DAY = 1_000
 T0 = DAY * DAY_S + 3_600.0  # an hour into day DAY
@@ -255,11 +255,20 @@ def test_transition_rows_and_diffs() -> None:
     all_counts = counts({("A", "B"): {"C": 2, "D": 0}, ("B", "C"): {"A": 1}})
     rows = transition_rows(all_counts, T0, (7,), pairs={("A", "B")})
     assert rows == {("A", "B", "C", "all"): 2, ("A", "B", "C", "7d"): 2}
-    written = PartitionRows.of(DAY, 0.0, rows, {})
-    changed, gone = diff(written.transitions({("A", "B")}), {("A", "B", "C", "all"): 3})
-    assert changed == {("A", "B", "C", "all"): 3} and gone == [("A", "B", "C", "7d")]
+    update = partition_update(0, all_counts, T0, (7,), pairs={("A", "B")})
+    assert update.all_rows == {("A", "B", "C", "all"): 2}  # all-time rows: the changed pairs only
+    assert update.window_rows == {("A", "B", "C", "7d"): 2, ("B", "C", "A", "7d"): 1}  # windows: whole
+    written = PartitionRows.of(update, 0.0)
+    changed, gone = diff(written.all_rows({("A", "B")}), {("A", "B", "D", "all"): 3})
+    assert changed == {("A", "B", "D", "all"): 3} and gone == [("A", "B", "C", "all")]
     written.replace({("A", "B")}, changed)
-    assert written.transitions(None) == changed
+    assert written.all_rows(None) == changed
+
+
+def test_a_week_later_only_window_rows_change_and_all_time_rows_are_not_recomputed() -> None:
+    one = counts({("A", "B"): {"C": 1}})
+    update = partition_update(0, one, T0 + 7 * DAY_S, (7,), pairs=set())
+    assert update.all_rows == {} and update.window_rows == {}  # fell out of "7d"; "all" untouched (not in scope)
 
 
 def test_the_embedding_is_deterministic_and_normalised() -> None:

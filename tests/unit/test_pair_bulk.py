@@ -12,7 +12,7 @@ from models.knowledge import KnowledgeStore
 from models.llm import NovelClusterPredictor
 from models.pair_bulk import build, chunks_by_first_cluster
 from models.pair_table import PairTable
-from models.transitions import DAY_S, AllCounts
+from models.counts import DAY_S, AllCounts
 from streams.settings import Settings
 
 NAMES = {"c1": "Thriller 90s", "c2": "Popular Drama 80s-90s", "c3": "Children's Animation 50s-80s",

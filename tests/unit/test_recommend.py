@@ -1,12 +1,12 @@
-"""Serving decisions (models/recommend.py), user profiles (models/profiles.py), request validation, the pair table
-(models/pair_table.py) and its in-memory cache (agents/recommender.PairCache)."""
+"""Serving decisions (models/recommend.py), user profiles (models/partition_state.py), request validation, the pair
+table (models/pair_table.py) and its in-memory cache (agents/serving.PairCache)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from agents.recommender import PairCache
+from agents.serving import PairCache
 from models.clusters import Cluster, ClusterSet
 from models.pair_bulk import bulk_order
 from models.pair_table import (
@@ -16,7 +16,7 @@ from models.pair_table import (
     fingerprint,
     pair_owner,
 )
-from models.profiles import applied, auto_request_due
+from models.partition_state import PartitionState
 from models.recommend import (
     FALLBACK,
     TABLE,
@@ -24,7 +24,7 @@ from models.recommend import (
     grounded_items,
     recommendation,
 )
-from streams.records import InteractionEvent, RecommendationRequest
+from streams.records import InteractionEvent, RecommendationRequest, SourcedEvent
 from streams.settings import Settings
 from streams.validation import Rejection, validate_request
 
@@ -71,21 +71,28 @@ def event(item: str, value: float = 5.0, n: int = 0) -> InteractionEvent:
     return InteractionEvent(f"e{n}", "u1", item, 1_000.0 + n, "rating", value)
 
 
+def profile_state(**overrides) -> PartitionState:
+    state = PartitionState({}, lambda item: None, SETTINGS.model_copy(update=overrides))
+    state.recover()
+    return state
+
+
 def test_a_profile_keeps_the_latest_items_and_ignores_redeliveries() -> None:
-    profile = None
+    state = profile_state()
     for offset, item in enumerate(["a", "b", "c", "b", "d"]):
-        profile = applied(profile, event(item, n=offset), offset, SETTINGS)
-    assert profile == {"offset": 4, "items": ["c", "b", "d"], "positives": 5}  # "b" moved up, capped at 3
-    assert applied(profile, event("x", n=9), 4, SETTINGS) is None  # the same offset again: a redelivery
-    assert applied(profile, event("x", 1.0, n=9), 5, SETTINGS)["positives"] == 5  # not positive
+        state.apply(SourcedEvent(event(item, n=offset), 0, offset))
+    assert state.user("u1")["i"] == ["c", "b", "d"] and state.user("u1")["n"] == 5  # "b" moved up, capped at 3
+    assert state.apply(SourcedEvent(event("x", n=9), 0, 4)) == "duplicate"  # the same offset again: a redelivery
+    state.apply(SourcedEvent(event("x", 1.0, n=9), 0, 5))
+    assert state.user("u1")["n"] == 5  # not positive
 
 
 def test_auto_requests_fire_on_every_nth_positive_engagement() -> None:
-    before = {"offset": 1, "items": [], "positives": 2}
-    assert auto_request_due(before, {**before, "positives": 3}, 3)
-    assert not auto_request_due(before, {**before, "positives": 3}, 0)
-    assert not auto_request_due({**before, "positives": 3}, {**before, "positives": 3}, 3)  # a non-positive event
-    assert not auto_request_due(before, {**before, "positives": 3}, 2)
+    state = profile_state(auto_request_every=3)
+    events = [SourcedEvent(event(f"i{n}", 1.0 if n == 2 else 5.0, n=n), 0, n) for n in range(8)]
+    due = state.apply_batch(events).requests_due
+    assert [s.offset for s in due] == [3, 6]  # the 3rd and 6th positive engagements (offset 2 is not positive)
+    assert profile_state(auto_request_every=0).apply_batch(events).requests_due == []
 
 
 # ---------------------------------------------------------------------------------------------- request validation

@@ -1,0 +1,300 @@
+"""A batch path through Faust for the hot topics: one stream event per fetched run of one partition.
+
+faust-streaming 0.15 delivers every record on its own: `Consumer._drain_messages` awaits
+`wait_first(callback(message), suspend_flow.wait())` per message (tasks and an `asyncio.wait` each), the conductor
+takes a lock, waits on flow control and decodes per message, and the stream iterator sleeps and acks per event —
+about 200 µs of CPU per record on a small machine, whatever the agent does. For topics named in
+`ExplorerApp.batch_topics` the consumer below hands the conductor ONE `RecordBatch` per partition per fetch instead:
+its `value` is the list of that run's `SourceRecord`s, and acking it acks every offset of the run. Everything else
+(rebalances, flow control, generations, tables and their changelogs, recovery, commits) stays Faust's own.
+
+Overridden Faust code (pinned by tests/unit/test_batching.py, which fails when an upgrade changes it):
+
+* `Consumer._drain_messages` -- the loop above, batching for the batch topics, Faust's per-message path for others;
+* `Consumer.ack` -- a `RecordBatch` acks its whole offset range, and only once the agent processed it (Faust's
+  iterator acks events it skips during a rebalance: for a batch that would commit records never processed);
+* `Consumer._new_offset` -- Faust's commits skip a hole of one offset (`min(acked) - committed > 1`), and any hole
+  when the partition has no commit yet or its committed offset is 0 (`if committed_offset:`): a record that was
+  fetched but never acked (an agent that crashed on it) was then committed past and lost. Here a partition's
+  committable offset never passes its first unacked record: the head of the acked run must be the committed offset
+  (or, before the first commit, the first offset fetched after the last seek).
+* the producer is idempotent (`enable_idempotence`): a changelog batch that failed for good can never be followed
+  by a later one of the same partition, so a recovered table is always a prefix of what was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP, ConsumerMessage, Message
+from faust.types.tuples import ack_lock
+from faust.utils.functional import consecutive_numbers
+from mode.utils.futures import notify
+
+log = logging.getLogger(__name__)
+
+
+class SourceRecord:
+    """One Kafka record of a batch: what processors need, without Faust's per-message bookkeeping."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
+
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: float, key: bytes | None,
+                 value: bytes | None, headers: Any) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp  # seconds (broker or producer time)
+        self.key = key
+        self.value = value
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"SourceRecord({self.topic}:{self.partition}@{self.offset})"
+
+
+class RecordBatch(ConsumerMessage):
+    """A Faust message standing for a run of records of one partition (offsets first_offset..offset).
+
+    `offset` is the run's last offset (Faust's read-offset bookkeeping uses it); `value` is the records."""
+
+    __slots__ = ("first_offset", "processed")
+
+    def __init__(self, tp: TP, records: list[SourceRecord], generation_id: int | None) -> None:
+        first, last = records[0], records[-1]
+        super().__init__(tp.topic, tp.partition, last.offset, last.timestamp, 0, None, None, records, None,
+                         serialized_key_size=0, serialized_value_size=0, tp=tp, generation_id=generation_id)
+        self.first_offset = first.offset
+        self.processed = False  # set by the agent that processed it: only then may it be acked
+
+    @property
+    def records(self) -> list[SourceRecord]:
+        return self.value  # type: ignore[return-value]
+
+    def offsets(self) -> range:
+        return range(self.first_offset, self.offset + 1)
+
+
+def _source_record(record: Any) -> SourceRecord:
+    timestamp = record.timestamp
+    return SourceRecord(record.topic, record.partition, record.offset,
+                        timestamp / 1000.0 if timestamp is not None else 0.0, record.key, record.value,
+                        record.headers)
+
+
+class BatchingConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer with the batch path for `app.batch_topics` and hole-safe commits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per partition since its last seek: the first offset delivered (where acks must start while nothing is
+        # committed yet) and the last one (fetches re-deliver nothing before it).
+        self._first_delivered: dict[TP, int] = {}
+        self._last_delivered: dict[TP, int] = {}
+
+    # ------------------------------------------------------------------ fetching
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the integration tests
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        batch_topics: frozenset[str] = getattr(self.app, "batch_topics", frozenset())
+        to_message = self._to_message
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active_partitions = await self._wait_next_records(1.0)
+                await self.sleep(0)
+                if records is None or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    # As Faust's getmany: records fetched while flow stopped are discarded, and the consumer goes
+                    # back to the committed offsets (they are fetched again after the rebalance/recovery).
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning("exception performing seek when flow not active %r", exc)
+                    continue
+                generation_id = self.app.consumer_generation_id
+                for tp, tp_records in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                        break
+                    if not (active_partitions is None or tp in active_partitions
+                            or tp in self._buffered_partitions):
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    fresh = self._fresh(tp, tp_records)
+                    if not fresh:
+                        continue
+                    if tp.topic in batch_topics:
+                        batch = RecordBatch(tp, [_source_record(r) for r in fresh], generation_id)
+                        self._delivering(tp, batch.first_offset)
+                        await self.wait_first(callback(batch), self.suspend_flow.wait())
+                        self._delivered(tp, batch.offset)
+                        continue
+                    for count, record in enumerate(fresh, 1):
+                        if count % 100 == 0:
+                            await asyncio.sleep(0)  # as Faust: answer health checks while draining a long run
+                        self._delivering(tp, record.offset)
+                        await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
+                        self._delivered(tp, record.offset)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _fresh(self, tp: TP, records: list[Any]) -> list[Any]:
+        """The records not delivered yet: after the last one delivered, or from the position of the last seek."""
+        last = self._last_delivered.get(tp)
+        if last is not None:
+            return [r for r in records if r.offset > last]
+        position = self._read_offset[tp]  # Faust's: the seek position (None for 0 or unknown)
+        return records if position is None else [r for r in records if r.offset >= position]
+
+    def _delivering(self, tp: TP, offset: int) -> None:
+        """Offsets skipped before `offset` (compaction, transaction markers) hold no record: mark them a gap, so
+        that acks can reach past them; the first delivery after a seek starts at the committed offset."""
+        last = self._last_delivered.get(tp)
+        start = self._committed_offset[tp] if last is None else last + 1
+        if last is None and start is None:
+            self._first_delivered[tp] = offset  # no commit yet: acks start here
+        elif start is not None and offset > start and self.app.topics.acks_enabled_for(tp.topic):
+            gaps = self._gap[tp]
+            gaps.addi(start, offset)
+            gaps.merge_overlaps()
+
+    def _delivered(self, tp: TP, offset: int) -> None:
+        self._last_delivered[tp] = offset
+        self._read_offset[tp] = offset  # Faust's own bookkeeping (livelock detection reads it)
+
+    def _forget_positions(self, tps: Iterable[TP] | None = None) -> None:
+        for table in (self._first_delivered, self._last_delivered):
+            if tps is None:
+                table.clear()
+            else:
+                for tp in tps:
+                    table.pop(tp, None)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self._forget_positions([partition])
+        await super().seek(partition, offset)
+
+    async def perform_seek(self) -> None:
+        self._forget_positions()
+        await super().perform_seek()
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._forget_positions(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    # ------------------------------------------------------------------ acks and commits
+    def ack_processed(self, batch: RecordBatch) -> bool:
+        """The one way a batch gets acked: by the agent, after its outputs were delivered."""
+        batch.processed = True
+        return self.ack(batch)
+
+    def ack(self, message: Message) -> bool:
+        if not isinstance(message, RecordBatch):
+            return super().ack(message)
+        with ack_lock:
+            # Faust's stream iterator acks events it *skips* (flow control stopped, an older consumer generation):
+            # a batch is acked only once processed, else its records are fetched again after the seek that follows.
+            if message.acked or not message.processed:
+                return False
+            message.acked = True
+            tp = message.tp
+            try:
+                if self.app.topics.acks_enabled_for(message.topic):
+                    committed = self._committed_offset[tp]
+                    acked_index = self._acked_index[tp]
+                    low = message.first_offset if committed is None else max(committed, message.first_offset)
+                    fresh = [offset for offset in range(low, message.offset + 1) if offset not in acked_index]
+                    acked_index.update(fresh)
+                    self._acked[tp].extend(fresh)
+                    self._n_acked += len(fresh)
+                self._unacked_messages.discard(message)
+                return True
+            finally:
+                notify(self._waiting_for_ack)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        gaps = self._gap[tp]
+        if gaps:  # gaps (offsets that hold no record) count as acked once the acks reach them
+            top = max(acked)
+            spans = sorted(gaps.overlap(0, top), key=lambda interval: interval.begin)
+            if spans:
+                filled = [offset for span in spans for offset in range(span.begin, span.end)]
+                acked.extend(filled)
+                gaps.chop(0, max(filled[-1], top + 1))
+        acked.sort()
+        head = self._committed_offset[tp]
+        if head is None:
+            head = self._first_delivered.get(tp)
+        if head is None or acked[0] > head:
+            return None  # an unacked record (or one not yet delivered) sits before the acked ones
+        run = next(consecutive_numbers(acked))
+        acked[: len(run)] = []
+        self._acked_index[tp].difference_update(run)
+        return run[-1] + 1
+
+
+def keep_queued_events_on_resume(app: faust.App, stream: faust.StreamT) -> None:
+    """Stop `app.flow_control.resume()` from emptying this stream's queue of fetched batches.
+
+    At the end of a table recovery Faust resumes the source partitions and awaits the seek to the committed offsets
+    *before* it resumes flow control, which clears every stream queue: batches fetched in that window would be
+    dropped, unprocessed and unacked, while the consumer's read position moved past them -- commits would then
+    stall at the hole (agents/batching.py never commits past an unacked record) until the next rebalance. The
+    clearing is not needed: batches of an older consumer generation are skipped by Faust's iterator, and a skipped
+    batch is never acked (`BatchingConsumer.ack`).
+    """
+    queues = getattr(app.flow_control, "_queues", None)
+    if queues is None:  # a Faust/mode without the managed queue set: nothing to detach, but say so
+        log.warning("cannot detach the %s stream queue from flow control; a recovery may stall commits", stream)
+        return
+    queues.discard(stream.channel.queue)
+
+
+class IdempotentProducer(aiokafka_driver.Producer):
+    """Faust's aiokafka producer with idempotence on (acks=all): no batch of a partition is written after one of
+    the same partition failed for good, so a table's changelog stays a prefix of what the worker wrote."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class BatchingTransport(aiokafka_driver.Transport):
+    Consumer = BatchingConsumer
+    Producer = IdempotentProducer
+
+
+class ExplorerApp(faust.App):
+    """faust.App with the batching transport; `batch_topics` names the topics whose agents take RecordBatches."""
+
+    batch_topics: frozenset[str] = frozenset()
+
+    def use_batches_for(self, topics: Iterable[str]) -> None:
+        self.batch_topics = frozenset(self.batch_topics | set(topics))
+
+    def _new_transport(self) -> BatchingTransport:
+        return BatchingTransport(self.conf.broker_consumer, self, loop=self.loop)

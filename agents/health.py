@@ -1,0 +1,75 @@
+"""What `/health` says, and the one way an agent stops the worker when it cannot go on safely.
+
+The worker is healthy while every agent runs, nothing fatal happened, no send keeps failing and the consumer makes
+progress whenever it has lag. It is *degraded* after an agent restarted or a send had to be retried, or while lag
+grows and nothing is consumed (stalled); it is *failed* once an agent reported a fatal error (the worker is then
+stopping, with a non-zero exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OK, DEGRADED, FAILED = "ok", "degraded", "failed"
+
+
+@dataclass
+class Health:
+    clock: Callable[[], float] = time.monotonic
+    stall_after_s: float = 60.0
+    restarts: dict[str, int] = field(default_factory=dict)
+    fatal: str | None = None
+    send_retries: int = 0
+    last_send_failure: str | None = None
+    _last_progress: float = 0.0
+    _last_consumed: float = -1.0
+    _crash: Callable[[BaseException], Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._last_progress = self.clock()
+
+    def bind_crash(self, crash: Callable[[BaseException], Any]) -> None:
+        """How to stop the worker (the app's crash: the worker then exits non-zero)."""
+        self._crash = crash
+
+    def agent_restarted(self, agent: str) -> None:
+        self.restarts[agent] = self.restarts.get(agent, 0) + 1
+
+    def send_retried(self, what: str) -> None:
+        self.send_retries += 1
+        self.last_send_failure = what
+
+    def observe(self, consumed_total: float, lag: float) -> None:
+        """Called periodically: progress is any new consumption, or no lag at all."""
+        now = self.clock()
+        if consumed_total != self._last_consumed or lag <= 0:
+            self._last_progress = now
+        self._last_consumed = consumed_total
+
+    def stalled(self) -> bool:
+        return self.clock() - self._last_progress > self.stall_after_s
+
+    async def fail(self, where: str, exc: BaseException) -> None:
+        """A fatal error: say exactly where, mark the worker failed, and stop it (never commit past `where`)."""
+        if self.fatal is None:
+            self.fatal = f"{where}: {type(exc).__name__}: {exc}"
+            log.critical("FATAL, stopping the worker without committing past it: %s", self.fatal, exc_info=exc)
+        if self._crash is not None:
+            await self._crash(exc)
+
+    def status(self) -> tuple[str, list[str]]:
+        reasons: list[str] = []
+        if self.fatal:
+            return FAILED, [f"fatal: {self.fatal}"]
+        reasons += [f"agent {name} restarted {n} time(s)" for name, n in sorted(self.restarts.items())]
+        if self.send_retries:
+            reasons.append(f"{self.send_retries} send(s) retried, last: {self.last_send_failure}")
+        if self.stalled():
+            reasons.append(f"stalled: lag and nothing consumed for over {self.stall_after_s:g}s")
+        return (DEGRADED if reasons else OK), reasons

@@ -1,0 +1,141 @@
+"""The batch path through Faust (agents/batching.py): commits never pass an unprocessed record, batches are acked
+whole and only once processed, and the Faust code it overrides is the code it was written against."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from collections.abc import Iterator
+
+import pytest
+from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage, Message
+
+from agents.batching import BatchingConsumer, ExplorerApp, RecordBatch, SourceRecord
+
+TOPIC = "interactions"
+P0 = TP(TOPIC, 0)
+
+# sha256 (first 16 hex digits) of the source of every Faust function agents/batching.py overrides or relies on, as
+# of faust-streaming 0.15.3. A mismatch means Faust changed there: re-read the new code and agents/batching.py
+# (its module docstring lists what each override fixes), then update the digest.
+PINNED = {
+    (Consumer, "_drain_messages"): "44a2500309e83c63",
+    (Consumer, "getmany"): "4b168d84882a70d6",
+    (Consumer, "ack"): "5fcf41cf45153475",
+    (Consumer, "_new_offset"): "1d2c7ea89a7ad4f1",
+    (Consumer, "seek"): "b86a9fe05f956b30",
+    (Consumer, "perform_seek"): "0e8c130ff4b0afd8",
+}
+
+
+def digest(owner: type, name: str) -> str:
+    return hashlib.sha256(inspect.getsource(getattr(owner, name)).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("owner", "name"), list(PINNED))
+def test_the_overridden_faust_code_is_the_code_the_overrides_were_written_for(owner: type, name: str) -> None:
+    assert digest(owner, name) == PINNED[(owner, name)], (
+        f"faust {owner.__module__}.{owner.__name__}.{name} changed: re-check agents/batching.py against it")
+
+
+def test_the_app_uses_the_batching_consumer_and_the_idempotent_producer() -> None:
+    async def scenario() -> tuple[type, dict]:
+        app = ExplorerApp("t-batching", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+        return type(app.consumer), dict(app.producer._settings_extra())
+
+    consumer_type, extra = asyncio.run(scenario())
+    assert consumer_type is BatchingConsumer
+    assert extra["enable_idempotence"] is True and extra["acks"] == "all"
+
+
+@pytest.fixture
+def consumer() -> Iterator[BatchingConsumer]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = ExplorerApp("t-batching-offsets", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+    app.topics.acks_enabled_for = lambda topic: True  # type: ignore[method-assign]
+    try:
+        yield app.consumer  # type: ignore[misc]
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def batch(first: int, last: int, generation: int = 1) -> RecordBatch:
+    records = [SourceRecord(TOPIC, 0, o, 1.0, b"k", b"v", None) for o in range(first, last + 1)]
+    return RecordBatch(P0, records, generation)
+
+
+def message(offset: int) -> Message:
+    return ConsumerMessage(TOPIC, 0, offset, 1.0, 0, None, b"k", b"v", None, tp=P0)
+
+
+def test_a_batch_is_acked_whole_and_only_once_processed(consumer: BatchingConsumer) -> None:
+    consumer._committed_offset[P0] = 0
+    skipped = batch(0, 4)
+    assert skipped.ack(consumer) is False  # Faust's iterator acking a batch it skipped (a rebalance) does nothing
+    assert consumer._new_offset(P0) is None
+    assert consumer.ack_processed(skipped) is True
+    assert consumer._new_offset(P0) == 5
+    assert consumer.ack_processed(skipped) is False  # once
+
+
+def test_no_commit_passes_an_unacked_batch_before_the_first_commit(consumer: BatchingConsumer) -> None:
+    consumer._committed_offset[P0] = None  # a new consumer group: nothing committed yet
+    consumer._first_delivered[P0] = 0
+    crashed, later = batch(0, 9), batch(10, 19)
+    consumer.ack_processed(later)
+    assert consumer._new_offset(P0) is None
+    # Faust's own rule commits straight past the unprocessed 0..9 here: the records the issue saw vanish.
+    consumer._acked[P0] = list(later.offsets())
+    assert Consumer._new_offset(consumer, P0) == 20
+    consumer._acked[P0] = list(later.offsets())
+    consumer._acked_index[P0] = set(later.offsets())
+    consumer.ack_processed(crashed)
+    assert consumer._new_offset(P0) == 20
+
+
+@pytest.mark.parametrize("committed", [0, 10])
+def test_no_commit_passes_a_hole_of_one_offset_or_after_a_commit_at_zero(consumer: BatchingConsumer,
+                                                                         committed: int) -> None:
+    consumer._committed_offset[P0] = committed
+    for offset in range(committed + 1, committed + 6):  # the record at `committed` itself was never acked
+        consumer.ack(message(offset))
+    assert consumer._new_offset(P0) is None
+    after = list(range(committed + 1, committed + 6))
+    consumer._acked[P0] = list(after)
+    assert Consumer._new_offset(consumer, P0) == committed + 6  # Faust's rule: past the hole
+    consumer._acked[P0], consumer._acked_index[P0] = list(after), set(after)
+    consumer.ack(message(committed))
+    assert consumer._new_offset(P0) == committed + 6
+
+
+def test_offsets_without_records_count_once_the_acks_reach_them(consumer: BatchingConsumer) -> None:
+    consumer._committed_offset[P0] = 10
+    consumer._delivering(P0, 12)  # the first record after the seek is 12: 10 and 11 hold none (compaction, markers)
+    consumer._delivered(P0, 14)
+    consumer.ack_processed(batch(12, 14))
+    assert consumer._new_offset(P0) == 15
+    consumer._committed_offset[P0] = 15  # what Faust's commit records
+    consumer._delivering(P0, 18)  # 15..17 hold none
+    consumer.ack_processed(batch(18, 18))
+    assert consumer._new_offset(P0) == 19
+
+
+def test_a_seek_starts_delivery_again_at_the_seek_position(consumer: BatchingConsumer) -> None:
+    records = [type("R", (), {"offset": o})() for o in range(5, 10)]
+    consumer._delivered(P0, 7)
+    assert [r.offset for r in consumer._fresh(P0, records)] == [8, 9]
+    consumer._forget_positions([P0])
+    consumer._read_offset[P0] = 6  # where Faust's seek() puts a partition
+    assert [r.offset for r in consumer._fresh(P0, records)] == [6, 7, 8, 9]
+
+
+def test_the_idempotent_producer_keeps_fausts_other_settings() -> None:
+    assert issubclass(aiokafka_driver.Transport, object)
+    base = inspect.getsource(aiokafka_driver.Producer._settings_extra)
+    assert "enable_idempotence" in base  # Faust sets it only for transactions; agents/batching.py always does
