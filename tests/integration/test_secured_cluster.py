@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from infra import tls
@@ -36,8 +37,9 @@ from streams.app import consumer_group
 from streams.movielens import load_ratings
 from streams.settings import Settings
 from streams.state_reader import read_state_counts
-from streams.topics import INTERACTIONS, RECOMMENDATIONS, create_topics, topic_name
-from tests.harness import group_caught_up, run_worker, settings_env, wait_until
+from streams.kafka_config import confluent_config
+from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, RECOMMENDATIONS, create_topics, topic_name
+from tests.harness import consume_all, group_caught_up, run_worker, settings_env, wait_until
 from tests.integration.test_broker_lifecycle import _free_ports, needs_java
 
 pytestmark = [pytest.mark.integration, needs_java]
@@ -62,6 +64,11 @@ class SecuredCluster:
             "kafka_sasl_password": SecretStr(self.passwords[user]), "kafka_ssl_cafile": str(self.security.ca_file),
             "kafka_ssl_certfile": str(self.client_cert.cert), "kafka_ssl_keyfile": str(self.client_cert.key),
             "kafka_ssl_key_password": SecretStr(self.key_password), **update})
+
+    def admin(self, base: Settings) -> Settings:
+        """The super user: provisioning (topics, ACLs) and reading what no runtime role may read."""
+        return self.settings(base, "worker", kafka_sasl_username=self.security.super_user,
+                             kafka_sasl_password=SecretStr(self.security.super_password))
 
     def secrets(self) -> list[str]:
         return [*self.passwords.values(), self.security.super_password, self.security.keystore_password,
@@ -102,9 +109,7 @@ def deployment(secured, tmp_path_factory, serving_data_dir, movielens_dir) -> Se
     base = Settings(data_dir=data_dir, movielens_dir=movielens_dir, topic_prefix=f"sec-{tag}.",
                     app_id=f"explorer-sec-{tag}", interactions_partitions=2, web_port=free_port(),
                     llm_max_queue_wait_s=3_600.0)
-    admin = secured.settings(base, "worker").model_copy(update={
-        "kafka_sasl_username": secured.security.super_user,
-        "kafka_sasl_password": SecretStr(secured.security.super_password)})
+    admin = secured.admin(base)
     create_topics(admin)
     granted, _ = cli(admin, "acls", "worker", "--principal", "User:worker", "--apply")  # what an operator runs
     assert granted.returncode == 0, granted.stderr
@@ -168,13 +173,21 @@ def test_restricted_worker_counts_and_answers_through_sasl_ssl(secured, deployme
         exported_total = sum(row["count"] for row in exported["transitions"]["all_time"])
         assert exported_total == sum(sum(row.values()) for row in expected.total.values())
 
+        # a bad record is dead-lettered through the ACL-restricted producer of the worker, with no secret in it
+        producer = Producer(confluent_config(client_settings))
+        producer.produce(topic_name(deployment, INTERACTIONS), key=b"u-bad", value=b"{not json")
+        assert producer.flush(30) == 0
+        letters = consume_all(secured.admin(deployment), topic_name(deployment, INTERACTIONS_DLQ), expected=1)
+        letter = letters[0].value().decode()
+        assert orjson.loads(letter)["error"]
+
         metrics = worker.get("/metrics") or b""
         assert worker.alive(), worker.log_tail()
         log = worker.log_path.read_text(errors="replace")
     print(f"\nsecured pipeline: replay + worker catch-up {counted - started:.1f}s, "
           f"recommend + export {time.monotonic() - counted:.1f}s")
     assert_no_secrets(secured, replay.stdout, replay.stderr, recommend.stdout, recommend.stderr, export.stderr,
-                      metrics.decode(), log)
+                      metrics.decode(), log, letter)
 
 
 @pytest.mark.parametrize("case", ["wrong password", "untrusted CA", "no client certificate", "missing ACL"])
