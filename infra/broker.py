@@ -3,7 +3,8 @@
 The jars of `org.apache.kafka:kafka_2.13:<version>` (plus a log4j2 binding) are copied once by Maven into
 `<data_dir>/kafka/dist/<version>/lib/`; the broker runs as `java -cp 'lib/*' kafka.Kafka server.properties`
 in its own session, so it outlives the CLI that started it. State under `<data_dir>/kafka/`:
-`data/` (log.dirs), `config/`, `logs/server.log`, `broker.pid`, `cluster.id`.
+`data/` (log.dirs), `config/`, `logs/server.log`, `broker.pid`, `cluster.id`. With an
+infra.broker_security.BrokerSecurity it also serves SASL_SSL (SCRAM-SHA-512 over TLS) and enforces ACLs.
 
 Version choice: 4.4.0, the newest release on Maven Central. Checked on 2 cores against aiokafka 0.14.0,
 faust-streaming 0.15.3 and confluent-kafka 2.16.1 (Kafka 4.x dropped old protocol versions, KIP-896):

@@ -42,7 +42,8 @@ from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, RECOMMENDATIONS, crea
 from tests.harness import consume_all, group_caught_up, run_worker, settings_env, wait_until
 from tests.integration.test_broker_lifecycle import _free_ports, needs_java
 
-pytestmark = [pytest.mark.integration, needs_java]
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl (the throwaway CA)")
+pytestmark = [pytest.mark.integration, needs_java, needs_openssl]
 
 SLICE = 3_000  # MovieLens ratings replayed (in event-time order)
 
@@ -230,3 +231,26 @@ def test_explorer_settings_masks_the_secrets(secured, deployment):
     assert done.returncode == 0, done.stderr
     assert "EXPLORER_KAFKA_SASL_PASSWORD" in done.stdout and "***" in done.stdout
     assert_no_secrets(secured, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("wrong password", "SASL authentication failed at {bootstrap} for user 'worker' with SCRAM-SHA-512"),
+    ("untrusted CA", "TLS handshake with {bootstrap} failed: the broker's certificate is not signed by a CA in "
+                     "EXPLORER_KAFKA_SSL_CAFILE="),
+    ("no client certificate", "A broker that closes a TLS connection right away often wants a client certificate"),
+])
+def test_the_faust_client_stack_reports_the_same_causes(secured, deployment, case, expected):
+    """aiokafka (what Faust logs in with) fails on its own terms; the check names the cause for it too."""
+    from streams.kafka_check import KafkaAccessError, _check_aiokafka_login
+
+    settings = {
+        "wrong password": lambda: secured.settings(deployment, "worker", kafka_sasl_password=SecretStr("wrong-pw")),
+        "untrusted CA": lambda: secured.settings(deployment, "worker", kafka_ssl_cafile=str(secured.other_ca)),
+        "no client certificate": lambda: secured.settings(deployment, "worker", kafka_ssl_certfile=None,
+                                                          kafka_ssl_keyfile=None, kafka_ssl_key_password=None),
+    }[case]()
+    _check_aiokafka_login(secured.settings(deployment, "worker"), time.monotonic() + 10, 10)  # the right settings pass
+    with pytest.raises(KafkaAccessError) as raised:
+        _check_aiokafka_login(settings, time.monotonic() + 10, 10)
+    assert expected.format(bootstrap=secured.broker.secured_bootstrap) in str(raised.value)
+    assert_no_secrets(secured, str(raised.value))
