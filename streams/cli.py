@@ -113,9 +113,8 @@ def topics_create(
     """Create the contract's topics; idempotent (existing topics are kept as they are)."""
     from confluent_kafka import KafkaException
 
-    from streams.topics import create_topics
-
     from streams.acls import provisioning_access
+    from streams.topics import create_topics
 
     settings = get_settings()
     if partitions is not None:
