@@ -3,7 +3,8 @@
 The jars of `org.apache.kafka:kafka_2.13:<version>` (plus a log4j2 binding) are copied once by Maven into
 `<data_dir>/kafka/dist/<version>/lib/`; the broker runs as `java -cp 'lib/*' kafka.Kafka server.properties`
 in its own session, so it outlives the CLI that started it. State under `<data_dir>/kafka/`:
-`data/` (log.dirs), `config/`, `logs/server.log`, `broker.pid`, `cluster.id`.
+`data/` (log.dirs), `config/`, `logs/server.log`, `broker.pid`, `cluster.id`. With an
+infra.broker_security.BrokerSecurity it also serves SASL_SSL (SCRAM-SHA-512 over TLS) and enforces ACLs.
 
 Version choice: 4.4.0, the newest release on Maven Central. Checked on 2 cores against aiokafka 0.14.0,
 faust-streaming 0.15.3 and confluent-kafka 2.16.1 (Kafka 4.x dropped old protocol versions, KIP-896):
@@ -41,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.broker_security import BrokerSecurity
 from streams.settings import Settings
 
 KAFKA_MAIN = "kafka.Kafka"
@@ -74,10 +76,14 @@ class BrokerStatus:
 
 
 class LocalBroker:
-    """Fetches, formats, starts and stops one broker whose state lives under `<data_dir>/kafka/`."""
+    """Fetches, formats, starts and stops one broker whose state lives under `<data_dir>/kafka/`.
 
-    def __init__(self, settings: Settings) -> None:
+    With `security`, the broker also serves a SASL_SSL listener and enforces ACLs (infra.broker_security).
+    """
+
+    def __init__(self, settings: Settings, security: BrokerSecurity | None = None) -> None:
         self.settings = settings
+        self.security = security
         self.version = settings.kafka_version
         self.root = settings.kafka_dir()
         self.dist_dir = self.root / "dist" / self.version
@@ -95,6 +101,11 @@ class LocalBroker:
     @property
     def bootstrap(self) -> str:
         return f"{self.settings.broker_host}:{self.settings.broker_port}"
+
+    @property
+    def secured_bootstrap(self) -> str | None:
+        """host:port of the SASL_SSL listener, when the broker has one."""
+        return f"{self.settings.broker_host}:{self.security.port}" if self.security else None
 
     # --- distribution -------------------------------------------------------------------------
 
@@ -322,20 +333,23 @@ class LocalBroker:
 
     def _check_ports_free(self) -> None:
         host = self.settings.broker_host
-        for name, port in (
-            ("broker_port", self.settings.broker_port),
-            ("broker_controller_port", self.settings.broker_controller_port),
-        ):
+        ports = [
+            ("EXPLORER_BROKER_PORT", self.settings.broker_port),
+            ("EXPLORER_BROKER_CONTROLLER_PORT", self.settings.broker_controller_port),
+        ]
+        if self.security is not None:
+            ports.append(("the SASL_SSL port of its BrokerSecurity", self.security.port))
+        for name, port in ports:
             if not _port_free(host, port):
                 raise BrokerError(
                     f"port {host}:{port} is already in use by another process, not by the broker managed "
-                    f"from {self.root}. Stop that process, or pick another port with "
-                    f"EXPLORER_{name.upper()}."
+                    f"from {self.root}. Stop that process, or pick another port with {name}."
                 )
 
     def _write_config(self) -> None:
         """Rewritten on every start so changed settings apply; the data in log.dirs is untouched."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.server_properties.touch(mode=0o600)  # with security it holds the super user's password
         self.server_properties.write_text(self._server_properties())
         shutil.copyfile(_LOG4J_CONFIG, self.config_dir / _LOG4J_CONFIG.name)
 
@@ -375,7 +389,13 @@ class LocalBroker:
             "num.io.threads": 4,
             "num.recovery.threads.per.data.dir": 2,
         }
+        if self.security is not None:
+            props.update(self.security.server_properties(s.broker_host, s.broker_port, s.broker_controller_port))
         return "".join(f"{key}={value}\n" for key, value in props.items())
+
+    def _redacted(self, text: str) -> str:
+        """Tool output may echo its arguments, and the SCRAM users' passwords are among them."""
+        return self.security.redact(text) if self.security is not None else text
 
     def _cluster_id(self) -> str:
         """Created once and kept, so re-formatting an emptied log dir joins the same cluster."""
@@ -398,13 +418,14 @@ class LocalBroker:
             self._cluster_id(),
             "--config",
             str(self.server_properties),
+            *(self.security.format_arguments() if self.security is not None else ()),
         ]
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(cmd, cwd=self.root, check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(
                 f"formatting the broker storage in {self.log_dirs} failed "
-                f"(exit {done.returncode}):\n{_tail(done.stdout + done.stderr)}"
+                f"(exit {done.returncode}):\n{self._redacted(_tail(done.stdout + done.stderr))}"
             )
         self.last_version_file.write_text(self.version + "\n")
 

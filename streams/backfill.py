@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from streams.acls import backfill_access
 from streams.app import consumer_group
+from streams.kafka_check import check_kafka
 from streams.kafka_config import confluent_config
 from streams.offsets import caught_up, retry_retriable
 from streams.settings import Settings
@@ -98,6 +100,7 @@ def run_backfill(
     load_version(settings, clusters_version)  # fail early on an unknown version
     group = consumer_group(settings, clusters_version)
     topic = topic_name(settings, INTERACTIONS)
+    check_kafka(settings, backfill_access(settings, group))  # the worker it starts checks the rest itself
     starts, ends, resumed = _group_offsets(settings, group, topic, from_ts)
     if resumed:
         starts = {p: 0 for p in ends}  # progress is then shown over the whole topic

@@ -13,6 +13,7 @@ from rich.table import Table
 from streams import cli_serving
 from streams import cli_finetune
 from streams import cli_eval
+from streams import cli_acls
 from streams.cli_clusters import clusters_app
 from streams.settings import get_settings
 
@@ -34,14 +35,29 @@ app.add_typer(replay_app, name="replay")
 cli_serving.register(app)
 cli_finetune.register(app)
 cli_eval.register(app)
+cli_acls.register(app)
 
 console = Console(stderr=True)
 out = Console()
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # escaped: broker and TLS errors carry [brackets]; soft-wrapped: one line a test or log grep can match
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def check_kafka_or_exit(settings, access=None, *, aiokafka: bool = False) -> None:  # noqa: ANN001
+    """The start-up check (streams.kafka_check): a misconfigured or unauthorized client exits here, with the
+    reason, instead of retrying in the background."""
+    from streams.kafka_check import Access, KafkaAccessError, check_kafka
+
+    try:
+        check_kafka(settings, access or Access(), aiokafka=aiokafka)
+    except KafkaAccessError as exc:
+        raise _fail(f"Kafka start-up check failed: {exc}") from exc
 
 
 # ---------------------------------------------------------------- broker
@@ -97,11 +113,13 @@ def topics_create(
     """Create the contract's topics; idempotent (existing topics are kept as they are)."""
     from confluent_kafka import KafkaException
 
+    from streams.acls import provisioning_access
     from streams.topics import create_topics
 
     settings = get_settings()
     if partitions is not None:
         settings = settings.model_copy(update={"interactions_partitions": partitions})
+    check_kafka_or_exit(settings, provisioning_access(settings))
     try:
         result = create_topics(settings)
     except KafkaException as exc:
@@ -124,13 +142,20 @@ def worker(
     import faust
     from confluent_kafka import KafkaException
 
+    from streams.acls import faust_state_topics, worker_access
     from streams.app import create_app
+    from streams.kafka_config import KafkaConfigError
     from streams.limits import LimitsError
 
     settings = get_settings()
     if web_port is not None:
         settings = settings.model_copy(update={"web_port": web_port})
-    faust_app = create_app(settings)
+    try:
+        faust_app = create_app(settings)
+    except KafkaConfigError as exc:  # e.g. a client certificate that cannot be loaded
+        raise _fail(str(exc)) from exc
+    check_kafka_or_exit(settings, worker_access(settings, faust_app.conf.id, faust_state_topics(faust_app)),
+                        aiokafka=True)
     try:
         prepare_worker(settings, faust_app.conf.id, faust_app.explorer.topics)  # type: ignore[attr-defined]
     except (LimitsError, KafkaException) as exc:
@@ -157,10 +182,12 @@ def replay_movielens(
     limit: Annotated[Optional[int], typer.Option(help="Publish only the first N events in event-time order")] = None,
 ) -> None:
     """Publish the MovieLens-100k ratings (from the recbole wheel) as interaction events, keyed by user."""
+    from streams.acls import producer_access
     from streams.movielens import DatasetError, dataset_dir, load_ratings
     from streams.replay import ReplayError, publish_events
 
     settings = get_settings()
+    check_kafka_or_exit(settings, producer_access(settings))
     try:
         ratings = load_ratings(dataset_dir(settings))
     except DatasetError as exc:
@@ -189,10 +216,12 @@ def loadgen(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same events)")] = 13,
 ) -> None:
     """Publish seeded synthetic rating events (Zipf item popularity) for load tests."""
+    from streams.acls import producer_access
     from streams.loadgen import synthetic_events
     from streams.replay import ReplayError, publish_events
 
     settings = get_settings()
+    check_kafka_or_exit(settings, producer_access(settings))
     with _progress() as progress:
         task = progress.add_task("generating load", total=events)
         try:
@@ -385,6 +414,7 @@ def backfill(
     """
     from models.clusters import ClustersNotBuilt, load_current
     from streams.backfill import BackfillError, parse_time, run_backfill
+    from streams.kafka_check import KafkaAccessError
 
     settings = get_settings()
     try:
@@ -396,6 +426,8 @@ def backfill(
             task = progress.add_task(f"backfilling {version}", total=None)
             result = run_backfill(settings, version, from_ts, log_dir, timeout_s=timeout,
                                   on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except KafkaAccessError as exc:
+        raise _fail(f"Kafka start-up check failed: {exc}") from exc
     except (BackfillError, ClustersNotBuilt, TimeoutError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     out.print(f"backfilled {result.events:,} events into {result.clusters_version} (group {result.group}) in "
@@ -410,7 +442,10 @@ def knowledge_export(
     now: Annotated[Optional[float], typer.Option(help="Event time that windows end at (default: latest event)")] = None,
 ) -> None:
     """Export the current transition counts (all-time and per window) and trends, read from the durable state."""
+    from agents.transitions import changelog_topic_name
     from models.clusters import ClustersNotBuilt, load_serving
+    from streams.acls import reader_access
+    from streams.app import consumer_group
     from streams.knowledge_export import render_export
     from streams.state_reader import StateNotFound, read_state_counts
 
@@ -419,6 +454,10 @@ def knowledge_export(
         raise _fail("--format must be json or csv")
     try:
         version = clusters_version or load_serving(settings).version
+    except ClustersNotBuilt as exc:
+        raise _fail(str(exc)) from exc
+    check_kafka_or_exit(settings, reader_access(changelog_topic_name(consumer_group(settings, version), version)))
+    try:
         counts = read_state_counts(settings, version)
     except (ClustersNotBuilt, StateNotFound, TimeoutError) as exc:
         raise _fail(str(exc)) from exc
@@ -438,9 +477,11 @@ def _write_output(data: bytes, out_file: str | None) -> None:
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (secrets hidden)."""
+    from pydantic import SecretStr
+
     table = Table("setting", "value")
     for name, value in get_settings().model_dump().items():
-        shown = "***" if "password" in name and value else str(value)
+        shown = "***" if isinstance(value, SecretStr) else str(value)  # set: masked; unset: None
         table.add_row(f"EXPLORER_{name.upper()}", shown)
     out.print(table)
 

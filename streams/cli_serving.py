@@ -27,7 +27,10 @@ pairs_app = typer.Typer(help="The pair table: the LLM's novel cluster for every 
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # escaped: broker and TLS errors carry [brackets]; soft-wrapped: one line a test or log grep can match
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -38,9 +41,15 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw recommendation record")] = False,
 ) -> None:
     """Send a recommendation request for USER_ID through Kafka, wait for the worker's answer and print it."""
+    from streams.acls import recommend_access
+    from streams.kafka_check import KafkaAccessError, check_kafka
     from streams.recommend_client import RecommendationClient, RecommendationTimeout
 
     settings = get_settings()
+    try:
+        check_kafka(settings, recommend_access(settings))
+    except KafkaAccessError as exc:
+        raise _fail(f"Kafka start-up check failed: {exc}") from exc
     try:
         with RecommendationClient(settings) as client:
             answer = client.recommend(user_id, k=k, timeout_s=timeout)

@@ -65,9 +65,12 @@ class EvalPipeline:
 
     def __enter__(self) -> Self:
         from models.knowledge import KnowledgeStore
+        from streams.acls import provisioning_access
+        from streams.kafka_check import check_kafka
         from streams.topics import create_topics
         from streams.worker_process import run_worker
 
+        check_kafka(self.settings, provisioning_access(self.settings))  # it creates (and deletes) its own topics
         create_topics(self.settings)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.worker = self._stack.enter_context(run_worker(self.settings, self.log_dir, ready_timeout_s=180.0))

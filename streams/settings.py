@@ -10,22 +10,30 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]  # what both librdkafka and aiokafka speak
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXPLORER_", extra="ignore", frozen=True)
 
-    # --- Kafka connection (passed to every client: confluent-kafka, aiokafka/Faust) ---
+    # --- Kafka connection (passed to every client: confluent-kafka, aiokafka/Faust; see streams/kafka_config.py) ---
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_mechanism: SaslMechanism | None = None  # required with SASL_* (librdkafka and aiokafka differ by default)
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
-    kafka_ssl_cafile: str | None = None
+    kafka_sasl_password: SecretStr | None = None  # SecretStr: never printed, logged or put in an error message
+    kafka_ssl_cafile: str | None = None  # PEM bundle that signs the brokers' certificates (default: the system's)
+    kafka_ssl_certfile: str | None = None  # PEM client certificate (chain), for clusters that require mTLS
+    kafka_ssl_keyfile: str | None = None  # PEM private key of that certificate (default: inside the certfile)
+    kafka_ssl_key_password: SecretStr | None = None  # when the private key is encrypted
+    kafka_ssl_check_hostname: bool = True  # the broker's certificate must name the host it was reached at
+    # Start-up check of every command that talks to Kafka (streams/kafka_check.py): how long connecting,
+    # authenticating and checking permissions may take before it fails with what went wrong.
+    kafka_check_timeout_s: float = Field(15.0, gt=0)
 
     # --- local state ---
     data_dir: Path = Path("./.explorer")
@@ -182,6 +190,35 @@ class Settings(BaseSettings):
         if not set(value) <= allowed:
             raise ValueError("EXPLORER_TOPIC_PREFIX may only use letters, digits, '.', '_' and '-'")
         return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> "Settings":
+        # "after": an error shows the model with its secrets masked, never the raw input
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in (("EXPLORER_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                                                ("EXPLORER_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                                                ("EXPLORER_KAFKA_SASL_PASSWORD", self.kafka_sasl_password))
+                       if not value]
+            if missing:
+                raise ValueError(f"EXPLORER_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)} "
+                                 "(mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+        tls = [name for name, value in (("EXPLORER_KAFKA_SSL_CAFILE", self.kafka_ssl_cafile),
+                                        ("EXPLORER_KAFKA_SSL_CERTFILE", self.kafka_ssl_certfile),
+                                        ("EXPLORER_KAFKA_SSL_KEYFILE", self.kafka_ssl_keyfile),
+                                        ("EXPLORER_KAFKA_SSL_KEY_PASSWORD", self.kafka_ssl_key_password)) if value]
+        if tls and protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"{', '.join(tls)} only apply to TLS, but EXPLORER_KAFKA_SECURITY_PROTOCOL is "
+                             f"{protocol}: use SSL or SASL_SSL")
+        if (self.kafka_ssl_keyfile or self.kafka_ssl_key_password) and not self.kafka_ssl_certfile:
+            raise ValueError("EXPLORER_KAFKA_SSL_KEYFILE / _KEY_PASSWORD belong to a client certificate: set "
+                             "EXPLORER_KAFKA_SSL_CERTFILE too")
+        return self
 
     @model_validator(mode="after")
     def _requests_copartitioned(self) -> "Settings":

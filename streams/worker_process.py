@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from streams.settings import Settings
 
@@ -44,12 +45,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The EXPLORER_* environment that reproduces `settings` in a subprocess."""
+    """The EXPLORER_* environment that reproduces `settings` in a subprocess (secrets included, in the clear:
+    the child needs them; an environment is readable only by its user)."""
     env = {}
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        if isinstance(value, (tuple, list)):
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, (tuple, list)):
             value = json.dumps(list(value))
         env[f"EXPLORER_{name.upper()}"] = str(value)
     return env
