@@ -20,9 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class Acker:
-    def __init__(self, ack: Callable[[Any], Any], health: Health, max_in_flight: int = 16) -> None:
+    def __init__(self, ack: Callable[[Any], Any], health: Health, max_in_flight: int = 16,
+                 failpoint: Callable[[str], None] = lambda name: None) -> None:
         self._ack = ack
         self._health = health
+        self._failpoint = failpoint  # fault injection (streams/failpoints.py): "deliver" fails a delivery
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task] = set()
 
@@ -37,6 +39,7 @@ class Acker:
     async def _wait(self, message: Any, unit: OutboxUnit, where: str,
                     then: Callable[[], Awaitable[None] | None] | None) -> None:
         try:
+            self._failpoint("deliver")
             await unit.delivered()
         except Exception as exc:
             await self._health.fail(f"delivery of the records of {where}", exc)

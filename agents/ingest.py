@@ -70,17 +70,22 @@ class IngestAgent:
         self.validator = EventValidator(settings, clock=clock)
         self.partition_of = PartitionOf(settings.interactions_partitions)
         self.last_offsets: dict[tuple[str, int], int] = {}
+        self._persist: tuple[int, list[tuple[bytes, bytes | None]], str] | None = None
         self._misrouted_logged_at: dict[str, float] = {}
 
     # ---------------------------------------------------------------------------------------------- one batch
     async def handle(self, batch: RecordBatch) -> None:
         where = f"{batch.topic}:{batch.partition}@{batch.first_offset}..{batch.offset}"
         try:
+            self._persist = None
             unit = await self._process(batch)
             await unit.send()
         except Exception as exc:  # not a record's fault (those are dead-lettered): stop before anything is acked
             await self.health.fail(f"ingest batch {where}", exc)
             raise
+        if self._persist is not None and self.states is not None:
+            partition, records, changelog = self._persist
+            self.states.persist(partition, records, lambda: unit.last_offset(changelog, partition))
         await self.acker.after_delivery(batch, unit, f"ingest batch {where}")
 
     async def _process(self, batch: RecordBatch) -> OutboxUnit:
@@ -128,8 +133,10 @@ class IngestAgent:
             for sourced in result.requests_due:
                 await self._auto_request(unit, sourced)
             changelog = self.states.changelog_topic
-            for key, value in self.states.encode(partition, result.writes):
+            records = self.states.encode(partition, result.writes)
+            for key, value in records:
                 unit.add(changelog, partition, key, value)
+            self._persist = (partition, records, changelog)
         if rerouted:
             metrics.events_rerouted_in.labels(self.topics.interactions).inc(len(valid))
         self.last_offsets[(batch.topic, partition)] = batch.offset

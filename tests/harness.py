@@ -8,7 +8,16 @@ from streams.settings import Settings
 from streams.worker_process import WorkerProcess, free_port, run_worker, settings_env, stop_process, wait_until
 
 __all__ = ["WorkerProcess", "run_worker", "settings_env", "stop_process", "wait_until", "free_port", "consume_all",
-           "topic_size"]
+           "topic_size", "while_alive"]
+
+
+def while_alive(worker: WorkerProcess, condition):  # type: ignore[no-untyped-def]
+    """`condition` for wait_until that fails at once, with the worker's log, when the worker has died."""
+    def check():  # type: ignore[no-untyped-def]
+        if not worker.alive():
+            raise RuntimeError(f"the worker died (exit {worker.process.returncode}):\n{worker.log_tail()}")
+        return condition()
+    return check
 
 
 def consume_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60.0) -> list:

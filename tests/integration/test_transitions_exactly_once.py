@@ -15,7 +15,7 @@ from streams.movielens import load_ratings
 from streams.replay import publish_events
 from streams.state_reader import read_state_counts
 from streams.topics import INTERACTIONS, topic_name
-from tests.harness import group_caught_up, run_worker, wait_until
+from tests.harness import group_caught_up, run_worker, wait_until, while_alive
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,9 @@ def test_full_movielens_replay_matches_the_reference(counting_settings, movielen
 
     with run_worker(settings, tmp_path) as worker:
         publish_events(settings, (r.to_event() for r in ratings))
-        wait_until(lambda: caught_up(settings), 600, "the worker to commit the whole replay", poll_s=1.0)
+        wait_until(while_alive(worker, lambda: caught_up(settings)), 600, "the worker to commit the whole replay",
+                   poll_s=1.0)
+        assert worker.alive(), worker.log_tail()
         # The knowledge sync runs on its own cadence: retrieval (RAG) converges to the exact counts.
         wait_until(retrieval_matches, 60, "LanceDB retrieval to match the reference counts", poll_s=0.5)
         assert worker.alive(), worker.log_tail()
