@@ -88,7 +88,8 @@ class EvalConfig:
             "early_gap_days": settings.eval_early_finetune_gap_days,
             "validity_sample": settings.eval_quick_validity_sample if quick else settings.eval_validity_sample,
             "bootstrap": settings.eval_bootstrap, "seed": settings.eval_seed, "items_k": settings.eval_items_k,
-            "processes": settings.eval_processes or default_processes(settings.llm_threads),
+            "processes": (settings.eval_processes if settings.eval_processes is not None
+                          else default_processes(settings.llm_threads)),
             "backoff_k": settings.eval_backoff_k, "backoff_m": settings.eval_backoff_prior,
             "cache": True, "quick": quick,
         }
@@ -196,6 +197,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
 
     torch.set_num_threads(1)  # the SASRec scoring; on a small shared machine more threads only fight
     started_wall, started_cpu = time.perf_counter(), time.process_time()
+    code, commit = code_version(), git_commit()  # of the code that runs, before anyone edits it
     phases: dict[str, float] = {}
     work = out_dir / "work"
     if work.exists():
@@ -327,7 +329,6 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
                      "pairs": len({c.pair for c in here})})
     drift_report = _drift(snapshots, ratings, clusters, settings, config, timeline)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    code = code_version()
     keyed = {k: v for k, v in settings.model_dump(mode="json").items() if not k.startswith(_UNKEYED)
              and "password" not in k}
     totals = {
@@ -342,7 +343,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
         "model_versions": dict(versions), "cases": len(cases), "users": len(users_evaluated),
         "cases_by_anchor": {a: sum(c.anchor == a for c in cases) for a in ("point", "request")},
         "users_by_anchor": {a: len({c.user_id for c in cases if c.anchor == a}) for a in ("point", "request")},
-        "code_version": code, "git_commit": git_commit(), "run_key": run_key(code, config.as_dict(), keyed),
+        "code_version": code, "git_commit": commit, "run_key": run_key(code, config.as_dict(), keyed),
         "settings": keyed, "cache_dir": str(cache_dir) if config.cache else None,
     }
     for bulky in ("finetuned", "lancedb", "faust"):  # the report keeps what they showed; logs stay

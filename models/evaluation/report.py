@@ -261,14 +261,27 @@ def _evaluated(result: Any) -> list[Any]:
     return [s for s in result.strategies if not s.skipped and s.outcomes]
 
 
+MARKERS = "osD^vP*Xhp<>"
+
+
+def _colors(result: Any) -> dict[str, tuple[Any, str]]:
+    """One (colour, marker) per strategy, the same in every plot (tab20 has enough distinct colours)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"]
+    return {s.name: (palette(i % 20), MARKERS[i % len(MARKERS)]) for i, s in enumerate(result.strategies)}
+
+
 def _plot_hits(result: Any, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     top = 0.0
+    styles = _colors(result)
     for s in _evaluated(result):
         if not s.by_point:
             continue
-        ax.plot(list(s.by_point), list(s.by_point.values()), marker="o", label=s.name)
+        color, marker = styles[s.name]
+        ax.plot(list(s.by_point), list(s.by_point.values()), marker=marker, color=color, label=s.name)
         top = max(top, *s.by_point.values())
     ax.set_xlabel("state (0: the split, k: evaluation point k)")
     ax.set_ylabel("hit@1")
@@ -283,13 +296,15 @@ def _plot_hits(result: Any, path: Path) -> None:
 def _plot_novelty(result: Any, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
+    styles = _colors(result)
     for s in _evaluated(result):
         hit, novelty = s.metrics.get("hit"), s.metrics.get("novelty")
         if hit is None or novelty is None:
             continue
+        color, marker = styles[s.name]
         ax.errorbar([novelty.value], [hit.value], yerr=[[hit.value - hit.low], [hit.high - hit.value]],
-                    xerr=[[novelty.value - novelty.low], [novelty.high - novelty.value]], fmt="o", capsize=3,
-                    label=s.name)
+                    xerr=[[novelty.value - novelty.low], [novelty.high - novelty.value]], fmt=marker, capsize=3,
+                    color=color, label=s.name)
         ax.annotate(s.name, (novelty.value, hit.value), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("novelty of the served cluster (mean self-information at the split, bits)")
     ax.set_ylabel("hit@1 (95% CI)")
@@ -305,6 +320,7 @@ def _plot_strata(result: Any, path: Path) -> None:
     groups = [(d, v) for d in ("support", "retrieved") for v in DIMENSIONS[d]]
     fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / max(1, len(strategies))
+    styles = _colors(result)
     for i, s in enumerate(strategies):
         xs, ys, lows, highs = [], [], [], []
         for g, (d, v) in enumerate(groups):
@@ -315,7 +331,8 @@ def _plot_strata(result: Any, path: Path) -> None:
             ys.append(interval.value)
             lows.append(interval.value - interval.low)
             highs.append(interval.high - interval.value)
-        ax.bar(xs, ys, width=width, yerr=[lows, highs], capsize=1.5, label=s.name, error_kw={"elinewidth": 0.6})
+        ax.bar(xs, ys, width=width, yerr=[lows, highs], capsize=1.5, label=s.name, color=styles[s.name][0],
+               error_kw={"elinewidth": 0.6})
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"support {v}" if d == "support" else v for d, v in groups], fontsize=8)
     ax.set_ylabel("hit@1 (95% CI)")
@@ -332,12 +349,14 @@ def _plot_lags(result: Any, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     never = []
+    styles = _colors(result)
     for s in _evaluated(result):
         points = [(k + 1, lag) for k, lag in enumerate(s.lags_s) if lag is not None]
         if not points:
             never.append(s.name)
             continue
-        ax.plot([p for p, _ in points], [lag for _, lag in points], marker="o", label=s.name)
+        color, marker = styles[s.name]
+        ax.plot([p for p, _ in points], [lag for _, lag in points], marker=marker, color=color, label=s.name)
     ax.set_xlabel("evaluation point")
     ax.set_ylabel("seconds (log scale)")
     ax.set_yscale("log")

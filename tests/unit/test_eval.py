@@ -470,3 +470,41 @@ def test_engine_stops_between_chunks_when_asked(monkeypatch) -> None:
 
 def test_bootstrap_draws_are_reproducible() -> None:
     assert np.array_equal(m.resample_users(5, 10, 3), m.resample_users(5, 10, 3))
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def test_report_writes_every_table_and_plot(tmp_path) -> None:
+    from models.evaluation.report import PLOTS, write_report
+    from models.evaluation.summary import StrategyResult, summarise
+    from streams.eval_run import EvalConfig, EvalResult
+    from streams.settings import Settings
+
+    results = []
+    for name, hits in (("rag", "ab"), ("count", "abc"), ("backoff", "abcd")):
+        result = StrategyResult(name, name, "", name == "rag", True, None)
+        for k, user in enumerate("abcdef"):
+            strata = {"support": "≥20" if k % 2 else "0", "retrieved": IN_TOP3, "anchor": "point"}
+            result.outcomes.append(m.Outcome((user, 1), user, 1, f"c{k % 3}", user in hits, False, True,
+                                             hit3=None if name == "rag" else True,
+                                             log_loss=0.7 if name == "backoff" else None, novelty=2.0 + k,
+                                             strata=strata))
+        result.lags_s = [1.5]
+        results.append(result)
+    results.append(StrategyResult("finetune", "", "", True, False, "skipped: quick mode"))
+    summarise(results, 40, 200, 1)
+    config = EvalConfig.from_settings(Settings(), quick=True)
+    totals = {"split": "s", "end": "e", "clusters": "c40", "sequence": "sq", "base_model": "/m/base.gguf",
+              "cases": 6, "users": 6, "cases_by_anchor": {"point": 6, "request": 0},
+              "users_by_anchor": {"point": 6, "request": 0}, "inference": {"requested": 3, "unique": 2,
+              "cached": 0, "inferred": 2, "cpu_s": 1.0, "cpu_s_per_inference_p50": 0.5}, "phases_s": {"replay_s": 1.0},
+              "run_key": "k", "code_version": "c", "git_commit": None, "settings": {"eval_seed": 2025},
+              "wall_s": 1.0, "cpu_s_main": 1.0, "cpu_s_children": 0.0, "worker_cpu_s": 1.0, "all_pairs": 1560,
+              "cache_dir": str(tmp_path / "cache")}
+    drift_rows = {"points": [{"point": 1, "vs_split": drift({("a", "b"): [("c", 1)]}, {("a", "b"): [("c", 2)]}),
+                              "vs_previous": drift({}, {})}], "monthly": []}
+    paths = write_report(EvalResult(config, results, [], totals, drift_rows), tmp_path / "out")
+    report = paths["report"].read_text()
+    assert "| backoff | 0.667" in report and "| finetune | skipped: quick mode" in report
+    assert "0 (n=3, 3 users)" in report and "≥20 (n=3, 3 users)" in report  # the strata tables
+    assert all(paths[name].read_bytes()[:4] == b"\x89PNG" for name in PLOTS)
+    assert (tmp_path / "cache" / "runs" / "k.json").is_file()  # the results kept under the run key
