@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from models.clusters import ClusterSet
 from models.evaluation.costs import process_cpu_s
-from models.evaluation.strategies import Snapshot
+from models.evaluation.interface import Snapshot
 from models.prompts import MAX_TRENDING
 from models.reference import reference_counts
 from streams.movielens import Rating

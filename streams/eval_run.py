@@ -1,141 +1,114 @@
 """`explorer eval`: every update strategy through the same MovieLens replay, measured, reported.
 
-Flow: the isolated pipeline (streams/eval_pipeline.py) replays the training period -> the knowledge at the split
-(the stale table's knowledge) and the first fine-tune -> for each evaluation point: replay the chunk up to it, wait
-for commits and the LanceDB sync, re-fine-tune when due, build the cases (models/evaluation/protocol.py), let every
-strategy answer their pairs (charging its refresh work to its ledger), ground the answers with the sequence model
--> free-generation exact match on a sample -> metrics and the report (models/evaluation/report.py).
+Flow:
+
+1. **Replay** (streams/eval_pipeline.py): the training period, then each chunk up to the next evaluation point,
+   through a real worker; after each, the knowledge store's snapshot (a state), and at the states where a
+   fine-tune is due the durable state's counts it learns from.
+2. **Cases** (models/evaluation/protocol.py) and their strata, fixed before any strategy answers.
+3. **Fine-tunes** (cached by their inputs) while the base model's inferences already run in one process beside
+   them; then every remaining inference, deduplicated and cached, over `processes` processes
+   (models/evaluation/inference.py). Strategies only *plan* their pair-table refreshes state by state, so all of
+   this runs in bulk.
+4. **Answers** of every strategy at every state, grounded with the sequence model -> outcomes -> free-generation
+   exact match on a sample -> metrics (models/evaluation/summary.py), drift, costs -> the report.
 """
 
 from __future__ import annotations
 
 import random
+import resource
 import shutil
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models.clusters import ClusterSet
 from models.evaluation import metrics as m
-from models.evaluation.costs import measured, median
-from models.evaluation.protocol import (
-    Case,
-    Horizon,
-    busiest_pairs,
-    cases_at,
-    is_hit,
-    is_item_hit,
-    make_timeline,
-)
-from models.evaluation.strategies import (
+from models.evaluation.baselines import (
     CountArgmax,
-    LlmPool,
-    LlmTableStrategy,
-    PointState,
+    CountBackoff,
     PopularNovel,
     RandomNovel,
-    Strategy,
-    llm_strategies,
+    SequenceChoice,
+    next_totals,
 )
-from models.prompts import MAX_TRENDING, Knowledge
+from models.evaluation.drift import drift
+from models.evaluation.finetuning import BudgetedFineTuner, FineTuned, unavailable_reason
+from models.evaluation.grounding import SequenceScores
+from models.evaluation.inference import InferenceCache, InferenceEngine
+from models.evaluation.interface import InferenceRequest, Inferred, PointState, Snapshot, Strategy
+from models.evaluation.protocol import Case, Horizon, Timeline, all_cases, busiest_pairs, is_hit, is_hit_at, \
+    is_item_hit, make_timeline
+from models.evaluation.strata import strata_of
+from models.evaluation.strategies import BASE, EARLY, FINETUNE, LlmTableStrategy, llm_strategies
+from models.evaluation.summary import StrategyResult, summarise
+from models.evaluation.versioning import code_version, git_commit, run_key
 from streams.settings import Settings
+
+# settings that say where things run, not what is computed: left out of the run key (and never reported)
+_UNKEYED = ("kafka_", "broker_", "web_", "topic_prefix", "app_id", "data_dir", "lancedb_uri", "movielens_dir")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     points: int
     horizon: Horizon
-    max_pairs_per_point: int | None
+    request_every: int
+    max_pairs_per_state: int | None  # None: every pair the cases need (the full run); --quick caps it
     finetune: bool
     finetune_every: int
     finetune_budget_s: float
+    early_gap_days: int  # 0: no early-window variant
     validity_sample: int
     bootstrap: int
     seed: int
     items_k: int
+    processes: int
+    backoff_k: float
+    backoff_m: float
+    cache: bool
     quick: bool
 
     @classmethod
     def from_settings(cls, settings: Settings, quick: bool = False, **overrides: Any) -> EvalConfig:
+        from models.pair_bulk import default_processes
+
         values: dict[str, Any] = {
             "points": settings.eval_quick_points if quick else settings.eval_points,
             "horizon": Horizon(settings.eval_horizon_events, settings.eval_horizon_days),
-            "max_pairs_per_point": (settings.eval_quick_max_pairs_per_point if quick
+            "request_every": settings.eval_request_every,
+            "max_pairs_per_state": (settings.eval_quick_max_pairs_per_point if quick
                                     else settings.eval_max_pairs_per_point),
             "finetune": settings.eval_finetune and not quick,  # a fine-tune takes minutes here: quick opts in
             "finetune_every": settings.eval_finetune_every, "finetune_budget_s": settings.eval_finetune_budget_s,
+            "early_gap_days": settings.eval_early_finetune_gap_days,
             "validity_sample": settings.eval_quick_validity_sample if quick else settings.eval_validity_sample,
             "bootstrap": settings.eval_bootstrap, "seed": settings.eval_seed, "items_k": settings.eval_items_k,
-            "quick": quick,
+            "processes": (settings.eval_processes if settings.eval_processes is not None
+                          else default_processes(settings.llm_threads)),
+            "backoff_k": settings.eval_backoff_k, "backoff_m": settings.eval_backoff_prior,
+            "cache": True, "quick": quick,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-
-@dataclass
-class StrategyResult:
-    name: str
-    label: str
-    cadence: str
-    uses_llm: bool
-    streaming: bool
-    skipped: str | None
-    outcomes: list[m.Outcome] = field(default_factory=list)
-    hit: m.Interval | None = None
-    item_hit: m.Interval | None = None
-    vs_count: m.Interval | None = None
-    validity: float | None = None
-    exact_match: float | None = None
-    exact_match_n: int = 0
-    distinct: int = 0
-    coverage: float = 0.0
-    by_point: dict[int, float] = field(default_factory=dict)
-    cpu_s: float = 0.0
-    inferences: int = 0
-    model_updates: int = 0
-    pairs_changed: int = 0
-    lags_s: list[float | None] = field(default_factory=list)
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["horizon"] = self.horizon.describe()
+        return out
 
 
 @dataclass
 class EvalResult:
     config: EvalConfig
     strategies: list[StrategyResult]
-    points: list[dict[str, Any]]  # per point: date, cases, pairs, users before the cap, chunk timings
+    points: list[dict[str, Any]]  # per state: date, events, cases, pairs, chunk timings
     totals: dict[str, Any]
-
-
-class Grounder:
-    """Grounded items of a case's novel cluster: the sequence model's scores for the user, restricted to the
-    cluster's items, the user's own items excluded (models/recommend.grounded_items, batched per point)."""
-
-    def __init__(self, sequence: Any, clusters: ClusterSet, k: int) -> None:
-        from models.recommend import members_by_cluster
-
-        self.sequence, self.k = sequence, k
-        self.members = members_by_cluster(clusters)
-        self._scores: dict[tuple[str, int], Any] = {}
-
-    def prepare(self, cases: Sequence[Case]) -> None:
-        for start in range(0, len(cases), 256):
-            batch = cases[start:start + 256]
-            scores = self.sequence.score_batch([c.recent_items for c in batch])
-            for case, row in zip(batch, scores, strict=True):
-                self._scores[(case.user_id, case.point)] = row
-
-    def items(self, case: Case, cluster: str) -> list[str]:
-        import torch
-
-        row = self._scores[(case.user_id, case.point)]
-        had = set(case.recent_items)
-        index = self.sequence.index
-        allowed = sorted({index[i] for i in self.members.get(cluster, []) if i in index and i not in had})
-        if not allowed:
-            return []
-        top = torch.topk(row[allowed], min(self.k, len(allowed)))
-        return [self.sequence.item_ids[allowed[int(i)] - 1] for i in top.indices]
+    drift: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_work_dir(settings: Settings, work_settings: Settings, console: Any) -> tuple[ClusterSet, Any]:
@@ -174,20 +147,63 @@ def prepare_work_dir(settings: Settings, work_settings: Settings, console: Any) 
     return clusters, sequence
 
 
-def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: Any, console: Any) -> EvalResult:
+@dataclass
+class _Replayed:
+    snapshots: list[Snapshot]
+    infos: list[dict[str, Any]]
+    counts: dict[int, Any]  # state -> the durable state's counts there (for the fine-tunes due there)
+    published_s: list[float]  # per state: seconds from publishing the chunk to it being synced (knowledge lag)
+    worker_cpu_s: float | None
+
+
+def _finetune_states(config: EvalConfig) -> list[int]:
+    """States where the periodic fine-tune is (re)trained: the split, then every `finetune_every` points."""
+    every = config.finetune_every
+    return [0] + ([s for s in range(1, config.points + 1) if (s - 1) > 0 and (s - 1) % every == 0] if every else [])
+
+
+def _replay(wsettings: Settings, clusters: ClusterSet, ratings: Sequence[Any], timeline: Timeline,
+            count_states: set[int], work: Path, progress: Any) -> _Replayed:
+    from streams.eval_pipeline import EvalPipeline
+
+    chunks = timeline.chunks(ratings)
+    task = progress.add_task("replay through the pipeline", total=chunks[-1][1])
+    snapshots, infos, counts, lags = [], [], {}, []
+    with EvalPipeline(wsettings, clusters, work / "logs") as pipeline:
+        for state, (start, stop) in enumerate(chunks):
+            chunk = pipeline.replay(ratings[start:stop], lambda n: progress.advance(task, n))
+            snapshots.append(pipeline.snapshot())
+            lags.append(chunk.sync_s)
+            ts = timeline.states[state]
+            infos.append({"point": "split" if state == 0 else state,
+                          "date": time.strftime("%Y-%m-%d", time.gmtime(ts)), "events": chunk.events,
+                          "commit_s": round(chunk.commit_s, 1), "sync_s": round(chunk.sync_s, 1)})
+            if state in count_states:
+                counts[state] = pipeline.state_counts()
+        worker_cpu = pipeline.worker_cpu_s()
+    progress.update(task, visible=False)
+    return _Replayed(snapshots, infos, counts, lags, worker_cpu)
+
+
+def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: Any, console: Any,
+             cache_dir: Path | None = None) -> EvalResult:
     import torch
 
-    from models.evaluation.finetuning import BudgetedFineTuner, unavailable_reason
+    from models.finetune.curation import split_day_of
+    from models.llm import model_version
     from models.counts import day_of
-    from streams.eval_pipeline import EvalPipeline, isolated_settings
+    from streams.eval_pipeline import isolated_settings
     from streams.movielens import dataset_dir, load_ratings
 
     torch.set_num_threads(1)  # the SASRec scoring; on a small shared machine more threads only fight
-    started_wall = time.perf_counter()
+    started_wall, started_cpu = time.perf_counter(), time.process_time()
+    code, commit = code_version(), git_commit()  # of the code that runs, before anyone edits it
+    phases: dict[str, float] = {}
     work = out_dir / "work"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    cache_dir = cache_dir or settings.data_dir / "eval-cache"
     wsettings = isolated_settings(settings, work)
     clusters, sequence = prepare_work_dir(settings, wsettings, console)
     ratings = load_ratings(dataset_dir(wsettings, progress=False))
@@ -195,178 +211,315 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
     from models.evaluation.protocol import user_events
 
     users = user_events(ratings, clusters.cluster_of, settings)
+    every_case = all_cases(users, timeline, config.horizon, settings.recent_items_kept, config.request_every)
+    cases = busiest_pairs(every_case, config.max_pairs_per_state)
+    by_state: dict[int, list[Case]] = {s: [] for s in range(len(timeline.states))}
+    for case in cases:
+        by_state[case.state].append(case)
+
+    # ---- who can run, and what has to be counted during the replay
     base_model = settings.resolved_model_path()  # the base, not a released fine-tune: the strategies decide
-    pool = LlmPool(settings, clusters, base_model, threads=settings.llm_threads)
-    llms = llm_strategies(pool, config.finetune_every)
-    baselines: list[Strategy] = [RandomNovel(clusters, config.seed), PopularNovel(clusters), CountArgmax(clusters)]
-    strategies: list[Strategy] = [*llms, *baselines]
+    versions: dict[str, str] = {}
+
+    def version_of(path: str) -> str:
+        if path not in versions:
+            versions[path] = model_version(path)
+        return versions[path]
+
+    llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days)
     ft_reason = None if config.finetune else ("skipped: quick mode (a fine-tune takes minutes here; --finetune runs "
                                               "a budgeted one)" if config.quick else "skipped: fine-tuning disabled")
-    ft_reason = ft_reason or unavailable_reason()
+    ft_reason = ft_reason or (f"skipped: {r}" if (r := unavailable_reason()) else None)
     for strategy in llms:
-        if strategy.finetuned and ft_reason:
-            strategy.skipped = ft_reason if ft_reason.startswith("skipped") else f"skipped: {ft_reason}"
-    tuner = BudgetedFineTuner(settings.model_copy(update={"finetune_threads": settings.eval_finetune_threads}),
-                              clusters, base_model, work / "finetuned", config.finetune_budget_s)
+        if strategy.role == EARLY and not ft_reason and config.early_gap_days <= 0:
+            strategy.skipped = "skipped: no early window (EXPLORER_EVAL_EARLY_FINETUNE_GAP_DAYS=0)"
+        elif strategy.finetuned and ft_reason:
+            strategy.skipped = ft_reason
+    ft_states = _finetune_states(config) if not ft_reason else []
+
+    # ---- 1. replay
+    with _phase(phases, "replay_s"):
+        replayed = _replay(wsettings, clusters, ratings, timeline, set(ft_states), work, progress)
+    snapshots = replayed.snapshots
+    split_knowledge = snapshots[0]
+    strata = {case.key: strata_of(case, snapshots[case.state]) for case in cases}
+
+    # ---- 2. strategies
+    with _phase(phases, "sequence_scores_s"):
+        scores = SequenceScores(sequence, clusters, config.items_k)
+        scores.prepare(cases)
+    baselines: list[Strategy] = [RandomNovel(clusters, config.seed), PopularNovel(clusters, config.backoff_k),
+                                 CountArgmax(clusters), CountBackoff(clusters, config.backoff_k, config.backoff_m),
+                                 SequenceChoice(clusters, scores)]
+    strategies: list[Strategy] = [*llms, *baselines]
     results = {s.name: StrategyResult(s.name, s.label, s.cadence, s.uses_llm, s.streaming, s.skipped)
                for s in strategies}
-    grounder = Grounder(sequence, clusters, config.items_k)
-    points_info: list[dict[str, Any]] = []
-    finetuned: str | None = None
+    states = [PointState(s, snapshots[s], split_knowledge, {BASE: base_model}, replayed.published_s[s])
+              for s in range(len(snapshots))]
+
+    # ---- 3. inference: the base model's plan runs beside the fine-tunes, then everything else
+    cache = InferenceCache(cache_dir / "inferences.sqlite" if config.cache else None)
+    engine = InferenceEngine(settings, clusters, cache, config.processes, threads=settings.llm_threads)
+    infer_task = progress.add_task("LLM inferences", total=None)
+    base_plan = _plan([s for s in llms if s.role == BASE and not s.skipped], states, by_state)
+    stop = threading.Event()
+    beside: threading.Thread | None = None
+    needs_training = bool(ft_states)
+    if needs_training and base_plan:
+        beside = threading.Thread(target=engine.run, name="eval-inference", daemon=True,
+                                  kwargs={"requests": base_plan, "stop": stop, "processes": 1,
+                                          "on_progress": lambda n: progress.advance(infer_task, n)})
+        beside.start()
     ft_log: list[dict[str, Any]] = []
-
-    def fine_tune(pipeline: EvalPipeline, until_day: int, tag: str, since: float) -> float | None:
-        """Fine-tune on the durable state's counts; None (and the reason logged) when it fails: the FT strategies
-        keep their previous model, or are skipped when there is none."""
-        nonlocal finetuned
-        task = progress.add_task(f"fine-tune {tag}", total=None)
+    with _phase(phases, "finetune_s"):
         try:
-            with measured() as spent:
-                counts = pipeline.state_counts()
-                done = tuner.fine_tune(counts, until_day, tag,
-                                       lambda d, t: progress.update(task, completed=d, total=t))
-        except Exception as exc:  # noqa: BLE001 -- a failed fine-tune is a result to report, not a crash
-            console.print(f"[yellow]fine-tune {tag} failed:[/] {exc}")
-            ft_log.append({"tag": tag, "until_day": until_day, "failed": str(exc)[:300]})
-            if finetuned is None:
-                for strategy in llms:
-                    if strategy.finetuned:
-                        strategy.skipped = results[strategy.name].skipped = f"skipped: fine-tune failed ({exc})"
-            return None
+            if ft_states:
+                split_day = split_day_of(ratings, settings.train_fraction)
+                tuner = BudgetedFineTuner(
+                    settings.model_copy(update={"finetune_threads": settings.eval_finetune_threads}), clusters,
+                    base_model, work / "finetuned", config.finetune_budget_s,
+                    cache_dir / "finetuned" if config.cache else None, version_of(base_model))
+                _fine_tunes(tuner, replayed, timeline, ft_states, split_day, config, llms, states, results, ft_log,
+                            progress, console, day_of)
         finally:
-            progress.update(task, visible=False)
-        finetuned = str(done.model_path)
-        for strategy in llms:
-            if strategy.finetuned and not strategy.skipped:
-                strategy.ledger.cpu_s += spent[0]
-                strategy.ledger.wall_s += spent[1]
-        ft_log.append({"tag": tag, "until_day": until_day, "examples": done.examples, "steps": done.steps,
-                       "train_s": done.train_s, "loss": [round(done.first_loss, 3), round(done.final_loss, 3)],
-                       "cpu_s": round(spent[0], 1), "wall_s": round(spent[1], 1), **done.timings})
-        return time.perf_counter() - since
+            stop.set()
+            if beside is not None:
+                beside.join()
+    with _phase(phases, "inference_s"):
+        plan = base_plan + _plan([s for s in llms if s.role != BASE and not s.skipped], states, by_state)
+        engine.count(plan)
+        progress.update(infer_task, total=None)
+        inferred = engine.run(plan, on_progress=lambda n: progress.advance(infer_task, n))
+    progress.update(infer_task, visible=False)
 
-    chunks = [(0, timeline.split_index)] + [(max(a, timeline.split_index), b) for a, b in timeline.chunks(ratings)]
-    replay_task = progress.add_task("replay through the pipeline", total=chunks[-1][1])
-    with EvalPipeline(wsettings, clusters, work / "logs") as pipeline:
-        chunk = pipeline.replay(ratings[:timeline.split_index], lambda n: progress.advance(replay_task, n))
-        split_knowledge = pipeline.snapshot()
-        points_info.append({"point": "split", "events": chunk.events, "sync_s": round(chunk.sync_s, 1)})
-        if not ft_reason:
-            from models.finetune.curation import split_day_of
-
-            published = time.perf_counter()
-            fine_tune(pipeline, split_day_of(ratings, settings.train_fraction), "ft-split", published)
-        for k, (start, stop) in enumerate(chunks[1:]):
-            point_ts = timeline.points[k]
-            before = time.perf_counter()
-            chunk = pipeline.replay(ratings[start:stop], lambda n: progress.advance(replay_task, n))
-            published = before + chunk.publish_s
-            knowledge = pipeline.snapshot()
-            model_lag = None
-            due = config.finetune_every and k > 0 and k % config.finetune_every == 0
-            if not ft_reason and due:
-                model_lag = fine_tune(pipeline, day_of(point_ts), f"ft-p{k + 1}", published)
-            every_case = cases_at(users, k, point_ts, config.horizon, settings.recent_items_kept)
-            cases = busiest_pairs(every_case, config.max_pairs_per_point)
-            pairs = sorted({c.pair for c in cases})
-            grounder.prepare(cases)
-            state = PointState(k, knowledge, split_knowledge, finetuned, chunk.sync_s, model_lag)
-            points_info.append({"point": k + 1, "date": time.strftime("%Y-%m-%d", time.gmtime(point_ts)),
-                                "events": chunk.events, "sync_s": round(chunk.sync_s, 1),
-                                "commit_s": round(chunk.commit_s, 1), "cases": len(cases),
-                                "cases_before_cap": len(every_case), "pairs": len(pairs)})
-            for strategy in strategies:
-                result = results[strategy.name]
-                if strategy.skipped:
-                    continue
-                task = progress.add_task(f"point {k + 1}/{len(chunks) - 1}: {strategy.name}", total=1)
+    # ---- 4. answers -> outcomes
+    head = m.popularity_head(next_totals(split_knowledge))
+    bits = m.novelty_bits(next_totals(split_knowledge), list(clusters.clusters))
+    with _phase(phases, "answers_s"):
+        for strategy in strategies:
+            if strategy.skipped:
+                continue
+            result = results[strategy.name]
+            for state in states:
                 wall_before = strategy.ledger.wall_s
-                answers = strategy.answer(state, pairs)
-                refresh_wall = strategy.ledger.wall_s - wall_before
-                progress.update(task, completed=1, visible=False)
-                result.lags_s.append(_lag(strategy, state, refresh_wall))
-                for case in cases:
-                    cluster = answers[case.pair]
-                    items = grounder.items(case, cluster)
-                    valid = cluster in clusters.clusters and cluster not in case.pair
-                    result.outcomes.append(m.Outcome(case.user_id, k, cluster, is_hit(cluster, case),
-                                                     is_item_hit(items, case), valid))
-        worker_cpu = pipeline.worker_cpu_s()
-        final_snapshot = knowledge
+                answers = strategy.answer(state, by_state[state.point], inferred)
+                refresh_wall = (strategy.refresh_wall_s.get(state.point, 0.0) if isinstance(strategy, LlmTableStrategy)
+                                else strategy.ledger.wall_s - wall_before)
+                if state.point > 0:
+                    result.lags_s.append(_lag(strategy, state, refresh_wall))
+                for case, answer in zip(by_state[state.point], answers, strict=True):
+                    result.outcomes.append(_outcome(case, answer, clusters, scores, head, bits, strata[case.key]))
 
-    _exact_match(config, llms, results, pool, clusters, final_snapshot, split_knowledge, finetuned, settings,
-                 progress)
-    pool_cpu = pool.cpu_per_inference
-    pool.close()
-    _summarise(config, strategies, results, clusters)
-    totals = {"wall_s": round(time.perf_counter() - started_wall, 1), "worker_cpu_s": worker_cpu,
-              "llm_cpu_s_per_inference": median(pool_cpu), "llm_inferences": len(pool_cpu),
-              "fine_tunes": ft_log, "clusters": clusters.version,
-              "all_pairs": len(clusters.clusters) * (len(clusters.clusters) - 1), "sequence": sequence.version,
-              "split": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.split_ts)),
-              "end": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.end_ts)), "base_model": base_model}
-    for bulky in ("finetuned", "lancedb", "faust"):  # the report keeps what they showed; logs stay
-        shutil.rmtree(work / bulky, ignore_errors=True)
-    return EvalResult(config, list(results.values()), points_info, totals)
-
-
-def _lag(strategy: Strategy, state: PointState, refresh_wall: float) -> float | None:
-    """Seconds from the chunk's events published to this strategy's answers reflecting them; None when its answers
-    cannot change at this point (stale; fine-tuning only between fine-tunes; the random baseline)."""
-    if isinstance(strategy, LlmTableStrategy):
-        if strategy.knowledge == "stream":  # a model deployed now came after the sync: its lag includes it
-            return (state.model_lag_s if strategy.finetuned and state.model_lag_s is not None
-                    else state.knowledge_lag_s) + refresh_wall
-        return None if state.model_lag_s is None or not strategy.finetuned else state.model_lag_s + refresh_wall
-    if strategy.streaming:
-        return state.knowledge_lag_s + refresh_wall
-    return None
-
-
-def _exact_match(config: EvalConfig, llms: Sequence[LlmTableStrategy], results: dict[str, StrategyResult],
-                 pool: LlmPool, clusters: ClusterSet, last: Any, split: Any, finetuned: str | None,
-                 settings: Settings, progress: Any) -> None:
-    """Free generation on a seeded sample of the last point's pairs, each prompt as the strategy would build it."""
-    from models.evaluation.strategies import free_generation
-
-    if config.validity_sample <= 0:
-        return
-    pool.close()  # free the llama contexts before loading generators
-    names = {cid: c.name for cid, c in clusters.clusters.items()}
-    for strategy in llms:
-        result = results[strategy.name]
-        if strategy.skipped or not result.outcomes:
-            continue
-        pairs = sorted({p for p, row in strategy.rows.items()})
-        sample = random.Random(config.seed).sample(pairs, min(config.validity_sample, len(pairs)))
-        snapshot = {"split": split, "stream": last}.get(strategy.knowledge)
-        prompts = [(p, Knowledge(top_next=snapshot.shown(p), trending=list(snapshot.trending)[:MAX_TRENDING])
-                    if snapshot is not None else None) for p in sample]
-        path = finetuned if strategy.finetuned else pool.base_model
-        task = progress.add_task(f"free generation: {strategy.name}", total=None)
-        answers = free_generation(path, prompts, clusters, settings.llm_threads)
-        progress.update(task, visible=False)
-        result.exact_match = m.exact_match_rate(answers, names)
-        result.exact_match_n = len(answers)
-
-
-def _summarise(config: EvalConfig, strategies: Sequence[Strategy], results: dict[str, StrategyResult],
-               clusters: ClusterSet) -> None:
-    evaluated = [r for r in results.values() if not r.skipped and r.outcomes]
-    users = sorted({o.user_id for r in evaluated for o in r.outcomes})
-    draws = m.resample_users(len(users), config.bootstrap, config.seed)
-    count = results.get("count")
+    with _phase(phases, "free_generation_s"):
+        _exact_match(config, llms, results, engine, clusters, states, settings, progress)
+    cache.close()
     for strategy in strategies:
         result = results[strategy.name]
         ledger = strategy.ledger
         result.cpu_s, result.inferences = ledger.cpu_s, ledger.inferences
         result.model_updates, result.pairs_changed = ledger.model_updates, ledger.pairs_changed
-        if result.skipped or not result.outcomes:
+    users_evaluated = summarise(list(results.values()), len(clusters.clusters), config.bootstrap, config.seed)
+
+    points_info = replayed.infos
+    for state, info in enumerate(points_info):
+        here = by_state[state]
+        info.update({"cases": len(here), "point_cases": sum(c.anchor == "point" for c in here),
+                     "request_cases": sum(c.anchor == "request" for c in here),
+                     "cases_before_cap": sum(c.state == state for c in every_case),
+                     "pairs": len({c.pair for c in here})})
+    drift_report = _drift(snapshots, ratings, clusters, settings, config, timeline)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    keyed = {k: v for k, v in settings.model_dump(mode="json").items() if not k.startswith(_UNKEYED)
+             and "password" not in k}
+    totals = {
+        "wall_s": round(time.perf_counter() - started_wall, 1),
+        "cpu_s_main": round(time.process_time() - started_cpu, 1),
+        "cpu_s_children": round(children.ru_utime + children.ru_stime, 1),  # worker, inference processes
+        "worker_cpu_s": replayed.worker_cpu_s, "phases_s": {k: round(v, 1) for k, v in phases.items()},
+        "inference": engine.stats.as_dict(), "fine_tunes": ft_log, "clusters": clusters.version,
+        "all_pairs": len(clusters.clusters) * (len(clusters.clusters) - 1), "sequence": sequence.version,
+        "split": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.split_ts)),
+        "end": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.end_ts)), "base_model": base_model,
+        "model_versions": dict(versions), "cases": len(cases), "users": len(users_evaluated),
+        "cases_by_anchor": {a: sum(c.anchor == a for c in cases) for a in ("point", "request")},
+        "users_by_anchor": {a: len({c.user_id for c in cases if c.anchor == a}) for a in ("point", "request")},
+        "code_version": code, "git_commit": commit, "run_key": run_key(code, config.as_dict(), keyed),
+        "settings": keyed, "cache_dir": str(cache_dir) if config.cache else None,
+    }
+    for bulky in ("finetuned", "lancedb", "faust"):  # the report keeps what they showed; logs stay
+        shutil.rmtree(work / bulky, ignore_errors=True)
+    return EvalResult(config, list(results.values()), points_info, totals, drift_report)
+
+
+class _phase:
+    """Adds the wall seconds of a block to `phases[name]`."""
+
+    def __init__(self, phases: dict[str, float], name: str) -> None:
+        self.phases, self.name = phases, name
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.phases[self.name] = self.phases.get(self.name, 0.0) + time.perf_counter() - self.started
+
+
+def _plan(strategies: Sequence[LlmTableStrategy], states: Sequence[PointState], by_state: Mapping[int, list[Case]]
+          ) -> list[InferenceRequest]:
+    """Every inference these strategies' tables need, state by state (in order: a row's refresh depends on the
+    rows before it)."""
+    plan: list[InferenceRequest] = []
+    for strategy in strategies:
+        for state in states:
+            plan.extend(strategy.requests(state, by_state[state.point]))
+    return plan
+
+
+def _fine_tunes(tuner: BudgetedFineTuner, replayed: _Replayed, timeline: Timeline, ft_states: Sequence[int],
+                split_day: int, config: EvalConfig, llms: Sequence[LlmTableStrategy], states: Sequence[PointState],
+                results: Mapping[str, StrategyResult], ft_log: list[dict[str, Any]], progress: Any, console: Any,
+                day_of: Any) -> None:
+    """Train (or take from the cache) the periodic fine-tunes and the early-window one; put each model into the
+    states it serves and charge its cost to the strategies that use it. A failed fine-tune is a result: its
+    strategies keep their previous model, or are skipped when there is none."""
+    jobs: list[tuple[str, int, int, str]] = []  # (role, state deployed at, until day, tag)
+    for state in ft_states:
+        until = split_day if state == 0 else day_of(timeline.states[state])
+        jobs.append((FINETUNE, state, until, "ft-split" if state == 0 else f"ft-p{state}"))
+    if config.early_gap_days > 0 and any(s.role == EARLY and not s.skipped for s in llms):
+        jobs.append((EARLY, 0, split_day - config.early_gap_days, f"ft-early-{config.early_gap_days}d"))
+    for role, deployed, until, tag in jobs:
+        users = [s for s in llms if s.role == role and not s.skipped]
+        if not users:
             continue
-        result.hit = m.rate_interval(result.outcomes, draws, users, "hit")
-        result.item_hit = m.rate_interval(result.outcomes, draws, users, "item_hit")
-        if count is not None and count.outcomes and result.name != "count":
-            result.vs_count = m.paired_difference(result.outcomes, count.outcomes, draws, users)
-        result.validity = m.validity(result.outcomes)
-        result.distinct, result.coverage = m.exploration(result.outcomes, len(clusters.clusters))
-        result.by_point = m.rate_by_point(result.outcomes)
+        task = progress.add_task(f"fine-tune {tag}", total=None)
+        try:
+            done: FineTuned = tuner.fine_tune(replayed.counts[deployed], until, tag,
+                                              lambda d, t: progress.update(task, completed=d, total=t))
+        except Exception as exc:  # noqa: BLE001 -- a failed fine-tune is a result to report, not a crash
+            console.print(f"[yellow]fine-tune {tag} failed:[/] {exc}")
+            ft_log.append({"tag": tag, "until_day": until, "failed": str(exc)[:300]})
+            if all(state.models.get(role) is None for state in states):
+                for strategy in users:
+                    strategy.skipped = results[strategy.name].skipped = f"skipped: fine-tune failed ({exc})"
+            continue
+        finally:
+            progress.update(task, visible=False)
+        for state in states[deployed:]:
+            state.models = {**state.models, role: str(done.model_path)}  # until a later fine-tune replaces it
+        if deployed > 0:
+            state = states[deployed]
+            state.model_lag_s = {**state.model_lag_s, role: state.knowledge_lag_s + done.wall_s}
+        for strategy in users:
+            strategy.ledger.cpu_s += done.cpu_s
+            strategy.ledger.wall_s += done.wall_s
+        ft_log.append({"tag": tag, "role": role, "until_day": until,
+                       "until": time.strftime("%Y-%m-%d", time.gmtime(until * 86_400)), "deployed_state": deployed,
+                       "examples": done.examples, "steps": done.steps, "train_s": round(done.train_s, 1),
+                       "loss": [round(done.first_loss, 3), round(done.final_loss, 3)], "cpu_s": round(done.cpu_s, 1),
+                       "wall_s": round(done.wall_s, 1), "cached": done.cached, **done.timings})
+
+
+def _outcome(case: Case, answer: Any, clusters: ClusterSet, scores: SequenceScores, head: frozenset[str],
+             bits: Mapping[str, float], strata: Mapping[str, str]) -> m.Outcome:
+    cluster = answer.cluster
+    return m.Outcome(
+        key=case.key, user_id=case.user_id, point=case.state, cluster=cluster, hit=is_hit(cluster, case),
+        item_hit=is_item_hit(scores.items(case, cluster), case),
+        valid=cluster in clusters.clusters and cluster not in case.pair,
+        hit3=is_hit_at(answer.ranking, case, 3) if len(answer.ranking) >= 3 else None,
+        log_loss=m.log_loss(answer.distribution, case.next_novel) if answer.distribution is not None else None,
+        long_tail=cluster not in head, novelty=bits.get(cluster, 0.0), strata=strata)
+
+
+def _lag(strategy: Strategy, state: PointState, refresh_wall: float) -> float | None:
+    """Seconds from the chunk's events published to this strategy's answers reflecting them; None when its answers
+    cannot change at this state (stale; fine-tuning only between fine-tunes; random; the sequence model)."""
+    if isinstance(strategy, LlmTableStrategy):
+        model_lag = state.model_lag_s.get(strategy.role)
+        if strategy.streaming:  # a model deployed now came after the sync: its lag includes it
+            return (model_lag if model_lag is not None else state.knowledge_lag_s) + refresh_wall
+        return None if model_lag is None else model_lag + refresh_wall
+    if strategy.streaming:
+        return state.knowledge_lag_s + refresh_wall
+    return None
+
+
+def _exact_match(config: EvalConfig, llms: Sequence[LlmTableStrategy], results: Mapping[str, StrategyResult],
+                 engine: InferenceEngine, clusters: ClusterSet, states: Sequence[PointState], settings: Settings,
+                 progress: Any) -> None:
+    """Free generation on a seeded sample of each strategy's table rows, each prompt as it would build it at the
+    last state (cached like every inference: kind "free")."""
+    from models.evaluation.strategies import free_generation
+    from models.prompts import build_prompt
+
+    if config.validity_sample <= 0:
+        return
+    names = {cid: c.name for cid, c in clusters.clusters.items()}
+    last = states[-1]
+    for strategy in llms:
+        result = results[strategy.name]
+        path = strategy.model_path(last)
+        if strategy.skipped or not result.outcomes or path is None:
+            continue
+        pairs = sorted(strategy.rows)
+        sample = random.Random(config.seed).sample(pairs, min(config.validity_sample, len(pairs)))
+        prompts = [(p, strategy.prompt_knowledge(last, p)) for p in sample]
+        requests = [InferenceRequest.of("free", path, strategy.version_of(path), p, k) for p, k in prompts]
+        keys = [r.key(clusters.version, build_prompt(r.pair, r.knowledge, clusters)) for r in requests]
+        found = engine.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        if missing:
+            task = progress.add_task(f"free generation: {strategy.name}", total=None)
+            started_cpu, started = time.process_time(), time.perf_counter()
+            texts = free_generation(path, [prompts[i] for i in missing], clusters, settings.llm_threads)
+            each_cpu = (time.process_time() - started_cpu) / len(missing)
+            each_wall = (time.perf_counter() - started) / len(missing)
+            engine.cache.put_many([(keys[i], Inferred({"text": text}, each_cpu, each_wall),
+                                    {"kind": "free", "pair": list(prompts[i][0])})
+                                   for i, text in zip(missing, texts, strict=True)])
+            found.update(engine.cache.get_many([keys[i] for i in missing]))
+            progress.update(task, visible=False)
+        answers = [(p, str(found[key].result["text"])) for (p, _), key in zip(prompts, keys, strict=True)]
+        result.exact_match = m.exact_match_rate(answers, names)
+        result.exact_match_n = len(answers)
+
+
+def _drift(snapshots: Sequence[Snapshot], ratings: Sequence[Any], clusters: ClusterSet, settings: Settings,
+           config: EvalConfig, timeline: Timeline) -> dict[str, Any]:
+    """Top-5 Jaccard of every pair, two ways. **Knowledge** (what a prompt shows: all-time counts, from the
+    pipeline's snapshots): from the split to each point, from state to state, and over the early window (from its
+    cut to the split: what the early fine-tune never saw). **Monthly** (as the paper's §2.1: each 30-day window's
+    own transitions against the next window's), from the reference counts of every rating."""
+    from models.finetune.curation import period_counts, split_day_of
+    from models.reference import reference_counts
+    from models.counts import DAY_S
+
+    rows = []
+    for state in range(1, len(snapshots)):
+        rows.append({"point": state, "vs_split": drift(snapshots[0].top_next, snapshots[state].top_next),
+                     "vs_previous": drift(snapshots[state - 1].top_next, snapshots[state].top_next)})
+    out: dict[str, Any] = {"points": rows}
+    counts = reference_counts(ratings, clusters.cluster_of, settings)
+    split_day = split_day_of(ratings, settings.train_fraction)
+    if config.early_gap_days > 0:
+        early = period_counts(counts, min(counts.daily), split_day - config.early_gap_days)
+        out["early_to_split"] = {"days": config.early_gap_days, **drift(_ranked(early), snapshots[0].top_next)}
+    first, last = min(counts.daily), max(counts.daily)
+    start = split_day - MONTH_DAYS * ((split_day - first) // MONTH_DAYS)  # whole windows, one boundary the split
+    starts = list(range(start, last + 2 - MONTH_DAYS, MONTH_DAYS))
+    windows = [(day, _ranked(period_counts(counts, day, day + MONTH_DAYS))) for day in starts]
+    out["monthly"] = [{"from": _date(a * DAY_S), "to": _date(b * DAY_S), **drift(before, after)}
+                      for (a, before), (b, after) in zip(windows, windows[1:], strict=False)]
+    return out
+
+
+MONTH_DAYS = 30
+
+
+def _ranked(counts: Mapping[tuple[str, str], Mapping[str, int]]) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    return {pair: sorted(row.items(), key=lambda cn: (-cn[1], cn[0])) for pair, row in counts.items()}
+
+
+def _date(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))

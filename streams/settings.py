@@ -179,8 +179,16 @@ class Settings(BaseSettings):
     eval_points: int = Field(6, ge=1)  # evaluation points, evenly spaced (whole days) over the post-split period
     eval_horizon_events: int = Field(10, ge=1)  # a hit: the cluster is among the user's next N positive engagements
     eval_horizon_days: float | None = Field(None, gt=0)  # ... and (when set) within this many days of the point
+    # request-anchored cases: a request after every N-th positive engagement of a user (0: point cases only)
+    eval_request_every: int = Field(10, ge=0)
     eval_items_k: int = Field(10, ge=1)  # grounded items per recommendation (item-level hits)
-    eval_max_pairs_per_point: int | None = Field(40, ge=1)  # the busiest pairs only: LLM inference is the cost
+    # None (default): every pair the cases need is inferred; a number keeps only that many busiest pairs per state
+    eval_max_pairs_per_point: int | None = Field(None, ge=1)
+    eval_processes: int | None = Field(None, ge=0)  # LLM inference processes (default: one per core; 0: in-process)
+    eval_backoff_k: float = Field(1.0, gt=0)  # the back-off baseline's add-k at the popularity level
+    eval_backoff_prior: float = Field(1.0, gt=0)  # ... and the pseudo-counts each level borrows from the one below
+    # the drift variant: a fine-tune on the data up to this many days before the split (0: no such variant)
+    eval_early_finetune_gap_days: int = Field(30, ge=0)
     eval_bootstrap: int = Field(1000, ge=100)  # bootstrap resamples (by user) of the 95% intervals
     eval_seed: int = 2025  # the random baseline, the bootstrap and the validity sample
     eval_finetune: bool = True  # run the fine-tuning strategies (off: their rows say "skipped")

@@ -1,5 +1,5 @@
-"""The evaluation report: `report.md` (the table of every strategy), `results.json`, and two PNG plots
-(hit rate over the evaluation points per strategy; the refresh lag per strategy)."""
+"""The evaluation report: `report.md` (overall, per-stratum and drift tables, costs, seeds and settings),
+`results.json`, and the PNG plots (hit rate over time, refresh lag, hit rate vs novelty, hit rate per stratum)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,38 @@ from typing import Any
 import orjson
 
 from models.evaluation.costs import median
+from models.evaluation.strata import DIMENSIONS
 
 REPORT, RESULTS = "report.md", "results.json"
 HIT_PLOT, LAG_PLOT = "hit_rate_over_time.png", "refresh_lag.png"
-COLUMNS = ("strategy", "hit rate [95% CI]", "Δ vs count argmax [95% CI]", "item hit rate [95% CI]",
-           "validity", "exact match (free gen.)", "distinct clusters", "coverage", "update CPU s",
-           "LLM inferences", "model updates", "pairs a full table re-infers", "lag p50 (s)", "update cadence")
+NOVELTY_PLOT, STRATA_PLOT = "hit_vs_novelty.png", "hit_by_stratum.png"
+PLOTS = (HIT_PLOT, LAG_PLOT, NOVELTY_PLOT, STRATA_PLOT)
+COLUMNS = ("strategy", "hit@1 [95% CI]", "Δ hit@1 vs count [95% CI]", "hit@3 [95% CI]", "Δ hit@3 vs count",
+           "log-loss [95% CI]", "item hit@10", "distinct clusters", "long-tail share", "novelty (bits)",
+           "validity", "exact match (free gen.)", "update CPU s", "LLM inferences", "model updates",
+           "pairs a full table re-infers", "lag p50 (s)", "update cadence")
+DIMENSION_TITLES = {"support": "pair support in the serving knowledge (transitions)",
+                    "retrieved": "the user's next novel cluster vs the pair's top-3 retrieved next clusters",
+                    "anchor": "case anchor"}
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
-def _interval(interval: Any) -> str:
-    if interval is None:
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _interval(interval: Any, digits: int = 3) -> str:
+    if interval is None or math.isnan(interval.value):
         return "–"
-    return f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+    return f"{interval.value:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
 
 
 def _difference(interval: Any) -> str:
-    if interval is None:
+    if interval is None or math.isnan(interval.value):
         return "–"
     mark = " *" if interval.excludes_zero() else ""
     return f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]{mark}"
@@ -38,20 +50,28 @@ def _difference(interval: Any) -> str:
 def table_rows(result: Any) -> list[list[str]]:
     rows = []
     for s in result.strategies:
-        if s.skipped:
-            rows.append([s.name, s.skipped] + ["–"] * (len(COLUMNS) - 3) + [s.cadence])
+        if s.skipped or not s.outcomes:
+            rows.append([s.name, s.skipped or "no cases"] + ["–"] * (len(COLUMNS) - 3) + [s.cadence])
             continue
-        lags = [lag for lag in s.lags_s if lag is not None]
-        lag = median(lags)
+        lag = median([lag for lag in s.lags_s if lag is not None])
+        metrics, vs = s.metrics, s.vs_count
+        reference = s.name == "count"
         rows.append([
-            s.name, _interval(s.hit), _difference(s.vs_count) if s.name != "count" else "(baseline)",
-            _interval(s.item_hit), _pct(s.validity),
-            f"{_pct(s.exact_match)} (n={s.exact_match_n})" if s.exact_match_n else "–",
-            str(s.distinct), _pct(s.coverage), f"{s.cpu_s:.1f}", str(s.inferences) if s.uses_llm else "–",
-            str(s.model_updates) if s.uses_llm else "–", str(s.pairs_changed) if s.uses_llm else "–",
-            "never" if lag is None and s.name == "stale" else ("–" if lag is None else f"{lag:.1f}"), s.cadence,
+            s.name, _interval(metrics.get("hit")), "(baseline)" if reference else _difference(vs.get("hit")),
+            _interval(metrics.get("hit3")), "(baseline)" if reference and "hit3" in metrics else
+            _difference(vs.get("hit3")), _interval(metrics.get("log_loss"), 2), _num(_value(metrics, "item_hit")),
+            str(s.distinct), _num(_value(metrics, "long_tail")), _num(_value(metrics, "novelty"), 2),
+            _num(s.validity), f"{_num(s.exact_match)} (n={s.exact_match_n})" if s.exact_match_n else "–",
+            f"{s.cpu_s:.1f}", str(s.inferences) if s.uses_llm else "–", str(s.model_updates) if s.uses_llm else "–",
+            str(s.pairs_changed) if s.uses_llm else "–",
+            "never" if lag is None and not s.streaming else ("–" if lag is None else f"{lag:.1f}"), s.cadence,
         ])
     return rows
+
+
+def _value(metrics: dict[str, Any], name: str) -> float | None:
+    interval = metrics.get(name)
+    return None if interval is None else interval.value
 
 
 def markdown_table(result: Any) -> str:
@@ -60,47 +80,104 @@ def markdown_table(result: Any) -> str:
     return "\n".join(lines)
 
 
+def strata_table(result: Any, dimension: str) -> str:
+    """One row per strategy, one column per stratum value: hit@1 [CI] and the paired Δ to count."""
+    values = DIMENSIONS[dimension]
+    counted = next((s for s in result.strategies if s.strata), None)
+    heads = [f"{v} (n={counted.strata[dimension][v]['cases']}, {counted.strata[dimension][v]['users']} users)"
+             if counted else v for v in values]
+    lines = ["| strategy | " + " | ".join(heads) + " |", "|" + "---|" * (len(values) + 1)]
+    for s in result.strategies:
+        if s.skipped or not s.strata:
+            continue
+        cells = []
+        for v in values:
+            numbers = s.strata[dimension][v]
+            cell = _interval(numbers["hit"])
+            if "vs_count" in numbers:
+                cell += f"<br>Δ {_difference(numbers['vs_count'])}"
+            cells.append(cell)
+        lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def drift_table(result: Any) -> str:
+    lines = ["| point | vs split: mean Jaccard (pairs) | weighted | pairs ≥20: mean (pairs) | unchanged share | "
+             "new pairs | vs previous state: mean | weighted |", "|---|---|---|---|---|---|---|---|"]
+    for row in result.drift.get("points", []):
+        a, b = row["vs_split"], row["vs_previous"]
+        lines.append(f"| {row['point']} | {_num(a['mean_jaccard'])} ({a['pairs']}) | {_num(a['weighted_jaccard'])} | "
+                     f"{_num(a['dense_mean_jaccard'])} ({a['dense_pairs']}) | {_num(a['unchanged_share'])} | "
+                     f"{a['new_pairs']} | {_num(b['mean_jaccard'])} | {_num(b['weighted_jaccard'])} |")
+    early = result.drift.get("early_to_split")
+    if early:
+        lines.append(f"| early cut ({early['days']} d before) → split | {_num(early['mean_jaccard'])} "
+                     f"({early['pairs']}) | {_num(early['weighted_jaccard'])} | {_num(early['dense_mean_jaccard'])} "
+                     f"({early['dense_pairs']}) | {_num(early['unchanged_share'])} | {early['new_pairs']} | – | – |")
+    lines += ["", "| month over month: 30-day windows starting | mean Jaccard (pairs) | weighted | "
+              "pairs ≥20: mean (pairs) | unchanged share |", "|---|---|---|---|---|"]
+    for row in result.drift.get("monthly", []):
+        lines.append(f"| {row['from']} → {row['to']} | {_num(row['mean_jaccard'])} ({row['pairs']}) | "
+                     f"{_num(row['weighted_jaccard'])} | {_num(row['dense_mean_jaccard'])} ({row['dense_pairs']}) | "
+                     f"{_num(row['unchanged_share'])} |")
+    return "\n".join(lines)
+
+
 def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out_dir / REPORT, "results": out_dir / RESULTS, "hit_plot": out_dir / HIT_PLOT,
-             "lag_plot": out_dir / LAG_PLOT}
-    _plot_hits(result, paths["hit_plot"])
-    _plot_lags(result, paths["lag_plot"])
-    paths["results"].write_bytes(orjson.dumps(as_json(result), option=orjson.OPT_INDENT_2))
+    paths = {"report": out_dir / REPORT, "results": out_dir / RESULTS}
+    paths.update({name: out_dir / name for name in PLOTS})
+    _plot_hits(result, paths[HIT_PLOT])
+    _plot_lags(result, paths[LAG_PLOT])
+    _plot_novelty(result, paths[NOVELTY_PLOT])
+    _plot_strata(result, paths[STRATA_PLOT])
+    data = orjson.dumps(as_json(result), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    paths["results"].write_bytes(data)
     paths["report"].write_text(_markdown(result), encoding="utf-8")
+    cache_dir = result.totals.get("cache_dir")
+    if cache_dir:  # every run's results, by its key (code version + configuration + settings)
+        keyed = Path(cache_dir) / "runs" / f"{result.totals['run_key']}.json"
+        keyed.parent.mkdir(parents=True, exist_ok=True)
+        keyed.write_bytes(data)
     return paths
 
 
+def _intervals(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.as_dict() for k, v in values.items()}
+
+
 def as_json(result: Any) -> dict[str, Any]:
-    config = result.config
     return {
-        "config": {**{k: getattr(config, k) for k in config.__dataclass_fields__ if k != "horizon"},
-                   "horizon": config.horizon.describe()},
+        "config": result.config.as_dict(),
         "strategies": [{
-            "name": s.name, "label": s.label, "skipped": s.skipped, "cadence": s.cadence,
-            "hit_rate": s.hit.as_dict() if s.hit else None, "item_hit_rate": s.item_hit.as_dict() if s.item_hit else None,
-            "vs_count": s.vs_count.as_dict() if s.vs_count else None, "validity": s.validity,
-            "exact_match": s.exact_match, "exact_match_n": s.exact_match_n, "distinct_clusters": s.distinct,
-            "coverage": s.coverage, "update_cpu_s": round(s.cpu_s, 2), "llm_inferences": s.inferences,
-            "model_updates": s.model_updates, "pairs_changed": s.pairs_changed,
+            "name": s.name, "label": s.label, "skipped": s.skipped, "cadence": s.cadence, "uses_llm": s.uses_llm,
+            "metrics": _intervals(s.metrics), "vs_count": _intervals(s.vs_count),
+            "strata": {d: {v: {k: (x.as_dict() if hasattr(x, "as_dict") else x) for k, x in numbers.items()}
+                           for v, numbers in per.items()} for d, per in s.strata.items()},
+            "validity": s.validity, "exact_match": s.exact_match, "exact_match_n": s.exact_match_n,
+            "distinct_clusters": s.distinct, "coverage": s.coverage, "update_cpu_s": round(s.cpu_s, 2),
+            "llm_inferences": s.inferences, "model_updates": s.model_updates, "pairs_changed": s.pairs_changed,
             "lags_s": [None if lag is None else round(lag, 2) for lag in s.lags_s],
-            "hit_rate_by_point": {str(k + 1): v for k, v in s.by_point.items()}, "evaluations": len(s.outcomes),
+            "hit_rate_by_point": {str(k): v for k, v in s.by_point.items()}, "evaluations": len(s.outcomes),
         } for s in result.strategies],
-        "points": result.points, "totals": result.totals,
+        "points": result.points, "drift": result.drift, "totals": result.totals,
     }
 
 
 def _markdown(result: Any) -> str:
     config, totals = result.config, result.totals
-    evaluations = max((len(s.outcomes) for s in result.strategies), default=0)
-    users = len({o.user_id for s in result.strategies for o in s.outcomes})
-    points = "\n".join(f"| {p['point']} | {p.get('date', '')} | {p['events']} | {p['sync_s']} | "
-                       f"{p.get('cases', '')} | {p.get('cases_before_cap', '')} | {p.get('pairs', '')} |"
-                       for p in result.points)
+    points = "\n".join(f"| {p['point']} | {p.get('date', '')} | {p['events']} | {p['sync_s']} | {p.get('cases', '')} "
+                       f"| {p.get('point_cases', '')} | {p.get('request_cases', '')} | {p.get('cases_before_cap', '')} "
+                       f"| {p.get('pairs', '')} |" for p in result.points)
     fine_tunes = "\n".join(f"- {f['tag']}: failed: {f['failed']}" if "failed" in f else
-                           f"- {f['tag']}: {f['examples']} examples, {f['steps']} steps, loss {f['loss'][0]} -> "
-                           f"{f['loss'][1]}, {f['cpu_s']} CPU s ({f['wall_s']} s wall)"
+                           f"- {f['tag']} (data before {f['until']}, serves from state {f['deployed_state']}): "
+                           f"{f['examples']} examples, {f['steps']} steps, loss {f['loss'][0]} -> {f['loss'][1]}, "
+                           f"{f['cpu_s']} CPU s ({f['wall_s']} s wall){' — from the cache' if f['cached'] else ''}"
                            for f in totals.get("fine_tunes", [])) or "- none"
+    inference = totals["inference"]
+    strata = "\n\n".join(f"**By {DIMENSION_TITLES[d]}** (hit@1 [95% CI], Δ to count, `*`: outside 0)\n\n"
+                         f"{strata_table(result, d)}" for d in DIMENSIONS)
+    phases = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in totals["phases_s"].items())
     return f"""# Update strategies: offline evaluation (`explorer eval{' --quick' if config.quick else ''}`)
 
 MovieLens-100k split by event time at {totals['split']} (training period before it), streamed through the real
@@ -108,88 +185,186 @@ pipeline (broker, worker agents, LanceDB knowledge) up to {config.points} evalua
 {totals['end']}. Clusters `{totals['clusters']}`, sequence model `{totals['sequence']}`, base LLM
 `{Path(totals['base_model']).name}`.
 
-**Protocol.** At each point, every user with two distinct recent clusters (the pair) and at least one positive
-engagement in the horizon; only the {config.max_pairs_per_point or 'all'} busiest pairs per point (LLM inference
-is paid per pair; every strategy answers the same cases). **Hit**: the predicted novel cluster is among the
-clusters of the user's {config.horizon.describe()}. **Item hit**: one of the {config.items_k} grounded items
-(SASRec restricted to the cluster, the user's items excluded) is one of those engagements. Intervals: 95%
-percentile bootstrap over users ({config.bootstrap} resamples, seed {config.seed}); Δ is paired (same resamples),
-`*` marks a difference whose interval excludes 0. {evaluations} evaluations of {users} users.
+**Protocol** (models/evaluation/protocol.py). A case is a user with a pair (two latest distinct clusters) and, in
+the horizon, a positive engagement outside the pair; anchored at every evaluation point, and after every
+{_ordinal(config.request_every)} positive engagement made after the split (a request), each answered with the state (the
+knowledge and every strategy's pair table) of the latest point at or before it.
+{'Only the ' + str(config.max_pairs_per_state) + ' busiest pairs per state (quick mode). ' if config.max_pairs_per_state else 'Every pair the cases need is inferred. '}**Hit@1**: the served novel cluster is among the clusters of the user's
+{config.horizon.describe()}; **hit@3**: one of a ranking's first three is; **log-loss**: −ln p(next novel cluster)
+for a strategy with a distribution (floored at 1e-9); **item hit@10**: one of the {config.items_k} grounded items
+(SASRec restricted to the cluster, the user's items excluded) is one of those engagements; **long-tail share**:
+served clusters outside the 10 most popular next clusters at the split; **novelty**: mean self-information (bits)
+of the served cluster's next-cluster share at the split. Intervals: 95% percentile bootstrap over users
+({config.bootstrap} resamples, seed {config.seed}); Δ is paired (same resamples), `*` marks a difference whose
+interval excludes 0. **{totals['cases']} cases of {totals['users']} users** ({totals['cases_by_anchor']['point']}
+point cases of {totals['users_by_anchor']['point']} users, {totals['cases_by_anchor']['request']} request cases of
+{totals['users_by_anchor']['request']} users).
 
 {markdown_table(result)}
 
 Columns: *validity* = served answers that are a real cluster outside the pair (the constrained decoder guarantees
-it); *exact match* = free greedy generation (no constraint) on a seeded sample of pairs that names a valid novel
-cluster exactly; *update CPU s* = process CPU of the strategy's refresh work (LLM inferences of the evaluated pairs,
-fine-tunes, knowledge reads); *pairs a full table re-infers* = pairs of all {totals.get('all_pairs', '')} ordered
-pairs whose fingerprint or model changed after the split (the real refresher's work); *lag* = seconds from a chunk's
-events being published to the strategy's answers reflecting them (knowledge sync + its refresh; fine-tunes only at
-fine-tune points; "never" for the stale table). The streaming pipeline (worker: ingest, counts, LanceDB sync),
-which every streaming strategy relies on, used {_pct(totals.get('worker_cpu_s'))} CPU s; one LLM inference
-took {_pct(totals.get('llm_cpu_s_per_inference'))} CPU s (median of {totals['llm_inferences']}).
+it); *exact match* = free greedy generation (no constraint) on a seeded sample of table rows that names a valid novel
+cluster exactly; *update CPU s* = process CPU of the strategy's refresh work (LLM inferences it needed, fine-tunes,
+knowledge reads); *pairs a full table re-infers* = pairs of all {totals.get('all_pairs', '')} ordered pairs whose
+fingerprint or model changed after the split (the real refresher's work); *lag* = seconds from a chunk's events
+being published to the strategy's answers reflecting them (knowledge sync + its refresh, serially; fine-tunes only
+at fine-tune points; "never" when its answers do not follow the knowledge).
 
-Fine-tunes:
+## Where a method gains
+
+{strata}
+
+## Drift (top-5 next clusters per pair, Jaccard)
+
+{drift_table(result)}
+
+## Fine-tunes
+
 {fine_tunes}
 
-| point | date | events replayed | knowledge sync (s) | cases | cases before the pair cap | pairs |
-|---|---|---|---|---|---|---|
+## States
+
+| state | date | events replayed | knowledge sync (s) | cases | point cases | request cases | cases before the pair cap | pairs |
+|---|---|---|---|---|---|---|---|---|
 {points}
 
 ![hit rate over time]({HIT_PLOT})
+![hit rate vs novelty]({NOVELTY_PLOT})
+![hit rate per stratum]({STRATA_PLOT})
 ![refresh lag]({LAG_PLOT})
 
-Whole run: {totals['wall_s']} s wall.
+## Run
+
+Run key `{totals['run_key']}` (code `{totals['code_version']}`, git `{totals['git_commit']}`); seeds: evaluation
+{config.seed}, fine-tuning {totals['settings'].get('finetune_seed')}, clusters {totals['settings'].get('cluster_seed')},
+sequence {totals['settings'].get('sequence_seed')}. Wall {totals['wall_s']} s; CPU {totals['cpu_s_main']} s in this
+process + {totals['cpu_s_children']} s in its children (worker, inference processes) — phases: {phases}. LLM
+inferences: {inference['requested']} requested by the strategies, {inference['unique']} distinct prompts,
+{inference['cached']} from the cache, {inference['inferred']} run now ({inference['cpu_s']} CPU s, median
+{inference['cpu_s_per_inference_p50']} s each) over {config.processes} processes. The streaming pipeline (worker:
+ingest, counts, LanceDB sync), which every streaming strategy relies on, used {_num(totals.get('worker_cpu_s'), 1)}
+CPU s. Settings: `results.json` → `totals.settings`.
 """
 
 
-def _plot_hits(result: Any, path: Path) -> None:
+# ---------------------------------------------------------------------------------------------------- plots
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _evaluated(result: Any) -> list[Any]:
+    return [s for s in result.strategies if not s.skipped and s.outcomes]
+
+
+MARKERS = "osD^vP*Xhp<>"
+
+
+def _colors(result: Any) -> dict[str, tuple[Any, str]]:
+    """One (colour, marker) per strategy, the same in every plot (tab20 has enough distinct colours)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"]
+    return {s.name: (palette(i % 20), MARKERS[i % len(MARKERS)]) for i, s in enumerate(result.strategies)}
+
+
+def _plot_hits(result: Any, path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     top = 0.0
-    for s in result.strategies:
-        if s.skipped or not s.by_point:
+    styles = _colors(result)
+    for s in _evaluated(result):
+        if not s.by_point:
             continue
-        xs = [k + 1 for k in s.by_point]
-        ax.plot(xs, list(s.by_point.values()), marker="o", label=s.name)
+        color, marker = styles[s.name]
+        ax.plot(list(s.by_point), list(s.by_point.values()), marker=marker, color=color, label=s.name)
         top = max(top, *s.by_point.values())
-    ax.set_xlabel("evaluation point")
-    ax.set_ylabel("hit rate")
+    ax.set_xlabel("state (0: the split, k: evaluation point k)")
+    ax.set_ylabel("hit@1")
     ax.set_ylim(0, min(1.0, top * 1.25 + 0.02))
-    ax.set_title("Hit rate of the predicted novel cluster over time")
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Hit rate of the served novel cluster over time")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_novelty(result: Any, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = _colors(result)
+    for s in _evaluated(result):
+        hit, novelty = s.metrics.get("hit"), s.metrics.get("novelty")
+        if hit is None or novelty is None:
+            continue
+        color, marker = styles[s.name]
+        ax.errorbar([novelty.value], [hit.value], yerr=[[hit.value - hit.low], [hit.high - hit.value]],
+                    xerr=[[novelty.value - novelty.low], [novelty.high - novelty.value]], fmt=marker, capsize=3,
+                    color=color, label=s.name)
+        ax.annotate(s.name, (novelty.value, hit.value), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("novelty of the served cluster (mean self-information at the split, bits)")
+    ax.set_ylabel("hit@1 (95% CI)")
+    ax.set_title("Accuracy vs novelty")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_strata(result: Any, path: Path) -> None:
+    plt = _pyplot()
+    strategies = [s for s in _evaluated(result) if s.strata]
+    groups = [(d, v) for d in ("support", "retrieved") for v in DIMENSIONS[d]]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / max(1, len(strategies))
+    styles = _colors(result)
+    for i, s in enumerate(strategies):
+        xs, ys, lows, highs = [], [], [], []
+        for g, (d, v) in enumerate(groups):
+            interval = s.strata[d][v]["hit"]
+            if math.isnan(interval.value):
+                continue
+            xs.append(g + (i - (len(strategies) - 1) / 2) * width)
+            ys.append(interval.value)
+            lows.append(interval.value - interval.low)
+            highs.append(interval.high - interval.value)
+        ax.bar(xs, ys, width=width, yerr=[lows, highs], capsize=1.5, label=s.name, color=styles[s.name][0],
+               error_kw={"elinewidth": 0.6})
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"support {v}" if d == "support" else v for d, v in groups], fontsize=8)
+    ax.set_ylabel("hit@1 (95% CI)")
+    ax.set_title("Hit rate per stratum")
+    ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def _plot_lags(result: Any, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     never = []
-    for s in result.strategies:
-        if s.skipped:
-            continue
+    styles = _colors(result)
+    for s in _evaluated(result):
         points = [(k + 1, lag) for k, lag in enumerate(s.lags_s) if lag is not None]
         if not points:
             never.append(s.name)
             continue
-        ax.plot([p for p, _ in points], [lag for _, lag in points], marker="o", label=s.name)
+        color, marker = styles[s.name]
+        ax.plot([p for p, _ in points], [lag for _, lag in points], marker=marker, color=color, label=s.name)
     ax.set_xlabel("evaluation point")
     ax.set_ylabel("seconds (log scale)")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_title("Events published -> can change a recommendation")
     if never:
-        ax.text(0.01, 0.01, "answers never change: " + ", ".join(never), transform=ax.transAxes, fontsize=8)
+        ax.text(0.01, 0.01, "answers never follow the events: " + ", ".join(never), transform=ax.transAxes,
+                fontsize=8)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()

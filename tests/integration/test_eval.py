@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -14,7 +15,11 @@ from tests.harness import settings_env
 
 pytestmark = pytest.mark.integration
 
-STRATEGIES = ("stale", "rag", "finetune", "hybrid", "random", "popular", "count")
+STRATEGIES = ("stale", "rag", "finetune", "hybrid", "finetune-early", "hybrid-early", "random", "popular", "count",
+              "backoff", "sequence")
+PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
+RANKERS = ("random", "popular", "count", "backoff", "sequence")  # hit@3
+DISTRIBUTIONS = ("random", "popular", "backoff", "sequence")  # log-loss
 
 
 def run_eval(settings, out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -23,33 +28,64 @@ def run_eval(settings, out: Path, *args: str, timeout: float) -> subprocess.Comp
                           capture_output=True, text=True, timeout=timeout)
 
 
+def in_unit(interval: dict, low: float = 0.0, high: float = 1.0) -> bool:
+    return low <= interval["low"] <= interval["value"] <= interval["high"] <= high
+
+
 def check_report(out: Path) -> dict:
-    for name in ("report.md", "results.json", "hit_rate_over_time.png", "refresh_lag.png"):
+    for name in ("report.md", "results.json", *PLOTS):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert (out / "hit_rate_over_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     report = (out / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") > 10]
-    names = [row.split("|")[1].strip() for row in rows[1:]]  # rows[0] is the header
+    header = next(i for i, line in enumerate(report.splitlines()) if line.startswith("| strategy | hit@1"))
+    lines = report.splitlines()[header + 2:]
+    names = [row.split("|")[1].strip() for row in itertools.takewhile(lambda line: line.startswith("| "), lines)]
     assert names == list(STRATEGIES)
+    for section in ("## Where a method gains", "## Drift", "## Run", "Run key"):
+        assert section in report
     results = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in results["strategies"]] == list(STRATEGIES)
+    totals = results["totals"]
+    assert totals["cases"] == sum(p["cases"] for p in results["points"]) > 0
+    assert totals["run_key"] and totals["code_version"] and totals["wall_s"] > 0 and totals["cpu_s_main"] > 0
+    assert totals["settings"]["eval_seed"] == results["config"]["seed"]
+    assert not any("password" in key for key in totals["settings"])
+    for row in results["drift"]["points"]:
+        for side in ("vs_split", "vs_previous"):
+            assert 0.0 <= row[side]["mean_jaccard"] <= 1.0
+    assert results["drift"]["monthly"] and all(0.0 <= r["mean_jaccard"] <= 1.0 for r in results["drift"]["monthly"])
+    evaluated = [s for s in results["strategies"] if not s["skipped"]]
     for strategy in results["strategies"]:
         if strategy["skipped"]:
             assert strategy["skipped"].startswith("skipped:")
             continue
-        assert strategy["evaluations"] > 0
-        for key in ("hit_rate", "item_hit_rate"):
-            interval = strategy[key]
-            assert 0.0 <= interval["low"] <= interval["value"] <= interval["high"] <= 1.0, (strategy["name"], key)
+        name, metrics = strategy["name"], strategy["metrics"]
+        assert strategy["evaluations"] == totals["cases"]  # every strategy answers the same cases
+        for key in ("hit", "item_hit", "long_tail"):
+            assert in_unit(metrics[key]), (name, key)
+        assert ("hit3" in metrics) == (name in RANKERS) and ("log_loss" in metrics) == (name in DISTRIBUTIONS)
+        if "hit3" in metrics:
+            assert in_unit(metrics["hit3"]) and metrics["hit3"]["value"] >= metrics["hit"]["value"], name
+        if "log_loss" in metrics:
+            assert in_unit(metrics["log_loss"], 0.0, 25.0), name
+        assert metrics["novelty"]["value"] > 0
         for key in ("validity", "coverage"):
-            assert 0.0 <= strategy[key] <= 1.0, (strategy["name"], key)
+            assert 0.0 <= strategy[key] <= 1.0, (name, key)
+        assert strategy["validity"] == 1.0  # every strategy serves a real cluster outside the pair
         if strategy["exact_match"] is not None:
             assert 0.0 <= strategy["exact_match"] <= 1.0
-        if strategy["vs_count"] is not None:
-            diff = strategy["vs_count"]
-            assert -1.0 <= diff["low"] <= diff["value"] <= diff["high"] <= 1.0
+        for diff in strategy["vs_count"].values():
+            assert in_unit(diff, -1.0, 1.0), name
+        assert (name == "count") == (not strategy["vs_count"])
+        for dimension, values in strategy["strata"].items():
+            assert sum(v["cases"] for v in values.values()) == totals["cases"], (name, dimension)
+            for value in values.values():
+                if value["cases"]:
+                    assert in_unit(value["hit"]), (name, dimension)
         assert all(0.0 <= rate <= 1.0 for rate in strategy["hit_rate_by_point"].values())
         assert strategy["update_cpu_s"] >= 0
+    assert {s["name"] for s in evaluated} >= {"stale", "rag", *RANKERS}
     return results
 
 
@@ -62,6 +98,19 @@ def test_eval_quick_writes_a_complete_report(serving_settings, tmp_path) -> None
     by_name = {s["name"]: s for s in results["strategies"]}
     assert by_name["finetune"]["skipped"] and by_name["hybrid"]["skipped"]  # quick: no fine-tuning unless asked
     assert not by_name["rag"]["skipped"] and not by_name["count"]["skipped"]
+    inference = results["totals"]["inference"]
+    assert inference["inferred"] == inference["unique"] > 0 and inference["cached"] == 0  # a fresh cache
+
+    # a rerun through the pipeline again: every inference comes from the cache, every number is the same
+    again_out = tmp_path / "again"
+    done = run_eval(serving_settings, again_out, "--quick", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = check_report(again_out)
+    assert again["totals"]["inference"]["inferred"] == 0
+    assert again["totals"]["inference"]["cached"] == inference["unique"]
+    assert again["totals"]["run_key"] == results["totals"]["run_key"]
+    for first, second in zip(results["strategies"], again["strategies"], strict=True):
+        assert first["metrics"] == second["metrics"] and first["strata"] == second["strata"], first["name"]
 
 
 @pytest.mark.slow
