@@ -14,7 +14,8 @@ its changelog *before* the recommendation is sent, so a redelivered or re-sent r
 (same content), never a second, different one. Bad requests go to `interactions.dlq` with the reason.
 
 Nothing heavy runs on the event loop: LanceDB reads and the sequence model run on one I/O thread, the LLM on its
-own thread (one llama.cpp context is not thread-safe; the pair refresher shares it).
+own thread (one llama.cpp context is not thread-safe; the pair refresher shares it), and a hot swap's registry
+check and model load on a third (models/model_loading.py), so a swap never stalls serving.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import orjson
 
 from agents.ingest import dead_letter, keep_queued_events_on_resume
 from models.finetune.registry import current_model_path
+from models.model_loading import ModelLoader
 from models.pair_table import Pair, PairPrediction, PairTable, infer
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING
 from models.recommend import FALLBACK, LLM, NO_MODEL, TABLE, fallback_cluster, grounded_items, members_by_cluster
@@ -129,12 +131,20 @@ class Services:
         """`llm`, ahead of the background refresher (which waits while any request needs the LLM)."""
         self.requests_waiting_for_llm += 1
         self.llm_free_for_refresh.clear()
-        try:
-            return await self.llm(fn, *args)
-        finally:
-            self.requests_waiting_for_llm -= 1
-            if self.requests_waiting_for_llm == 0:
-                self.llm_free_for_refresh.set()
+        # Issue 17: the LLM counts as taken until the CALL ends, not until the request stops waiting for it. A
+        # request-time timeout (asyncio.wait_for) cancels only the wait: a call already running on the LLM thread
+        # runs to its end, and the refresher must not be let in meanwhile. So the release is a done-callback of
+        # the executor's own future (fired when the call finishes, or at once when a still-queued call is
+        # cancelled by the timeout), never a `finally` of this coroutine.
+        loop = asyncio.get_running_loop()
+        call = self.llm_executor.submit(fn, *args)
+        call.add_done_callback(lambda _: loop.is_closed() or loop.call_soon_threadsafe(self._request_left_llm))
+        return await asyncio.wrap_future(call)
+
+    def _request_left_llm(self) -> None:
+        self.requests_waiting_for_llm -= 1
+        if self.requests_waiting_for_llm == 0:
+            self.llm_free_for_refresh.set()
 
     async def start(self) -> None:
         from models.knowledge import KnowledgeStore
@@ -192,6 +202,9 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
     settings = context.settings
     metrics = context.metrics
     services = Services(context, clusters)
+    # Issue 17: hot-swap checks and loads get a thread of their own (see watch_model).
+    loader: ModelLoader[NovelClusterPredictor] = ModelLoader(
+        settings, lambda path: _load_predictor_from(settings, clusters, path))
     responses = app.Table(RESPONSES_TABLE, default=None, partitions=settings.interactions_partitions, key_type=str,
                           help="Answered requests per user, re-sent to duplicates")
     topics = context.topics
@@ -241,7 +254,10 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
             else:
                 services.cache.put(row)
                 services.pending_rows.append(row)
-                return row.novel, LLM, services.model_version(), knowledge_version
+                # Issue 17: labelled with the model that inferred THIS row (a swap may have replaced the serving
+                # predictor while the call ran), as a table hit is.
+                sequence = services.sequence.version if services.sequence else NO_MODEL
+                return row.novel, LLM, f"{row.model_version}|{sequence}", knowledge_version
         novel = fallback_cluster(history, top_next, trending, clusters)
         return novel, FALLBACK, services.model_version(), knowledge_version
 
@@ -328,12 +344,20 @@ def register(app: faust.App, context: AppContext, clusters: ClusterSet, runtime:
         # re-inferred them for the new one; answered requests stay answered (the responses table).
         if not services.ready.is_set() or services.predictor is None:
             return
-        path = await services.io(current_model_path, settings)
-        if path == services.predictor.model_path:
-            return
-        log.info("a new LLM was released: %s; loading it beside the serving one", path)
+        # Issue 17: the registry check and the load run on the loader's own thread (models/model_loading.py), never
+        # on the I/O thread that serves LanceDB reads and grounding; the released model is compared by identity
+        # (version + full digest), not by path, so A -> B -> rollback to A swaps each time.
         try:
-            fresh = await services.io(_load_predictor_from, settings, clusters, path)
+            release = await asyncio.wrap_future(loader.submit_check(services.predictor.identity))
+        except Exception:
+            log.exception("checking the registry for a released LLM failed; the current one keeps serving")
+            return
+        if release is None:
+            return
+        path = release.path
+        log.info("a new LLM was released: %s (%s); loading it beside the serving one", path, release.identity.label)
+        try:
+            fresh = await asyncio.wrap_future(loader.submit_load(release))
         except Exception:
             log.exception("the released model %s could not be loaded; the current one keeps serving", path)
             return

@@ -105,7 +105,7 @@ class LlmPool:
     def model_version(self, path: str) -> str:
         from models.llm import model_version
 
-        return model_version(path)
+        return model_version(self.settings, path)
 
     def infer(self, path: str, pair: Pair, knowledge: Knowledge | None) -> tuple[str, float, float]:
         """(cluster, CPU seconds, wall seconds) -- the costs of the first, real inference even on a memo hit, so a
