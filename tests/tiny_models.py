@@ -52,21 +52,25 @@ def silence_mixing(model: Any) -> Any:
     return model
 
 
-def tiny_finetune(base: Path, seed: int, target: Path, quant_type: str = "Q8_0", scale: float = 0.5) -> Path:
-    """A stand-in for one fine-tune of `base`: its weights de-quantized into transformers, the token embeddings
-    moved by seeded noise (what a fine-tune changes: tensor data, never the header), exported on the base's metadata
+def tiny_finetune(base_model: Any, base: Path, seed: int, target: Path, quant_type: str = "Q8_0",
+                  scale: float = 0.5) -> Path:
+    """A stand-in for one fine-tune of `base` (the F32 GGUF `write_tiny_base` wrote from `base_model`, so
+    `base_model` is what de-quantizing it gives): a copy of the weights with the token embeddings moved by seeded
+    noise (what a fine-tune changes: tensor data, never the header), exported on the base's metadata
     (models/finetune/export.py) and quantized like a release. Two seeds give two files of identical size and
     metadata -- the same first 1.7 MiB -- with different weights."""
+    import copy
+
     import torch
 
     from models.finetune import quantize
-    from models.finetune.training import load_base
 
-    model = load_base(base)
+    model = copy.deepcopy(base_model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         embedding = model.model.embed_tokens.weight
         embedding.add_(scale * torch.randn(embedding.shape, generator=generator))
+    target.parent.mkdir(parents=True, exist_ok=True)
     f16 = export.export_model(model, base, target.with_name(f"{target.name}.f16.gguf"))
     try:
         return quantize.quantize(f16, target, quant_type, threads=1)

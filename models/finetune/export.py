@@ -93,12 +93,13 @@ def gguf_tensors(state_dict: Mapping[str, Any], config: Any, dtype: str = F16) -
     return out
 
 
-def write_gguf(path: str | Path, base: str | Path, tensors: Mapping[str, np.ndarray],
+def write_gguf(path: str | Path, base: str | Path | Any, tensors: Mapping[str, np.ndarray],
                metadata: Mapping[str, tuple[Any, Any]], dtype: str = F16) -> Path:
-    """A GGUF with every key/value of `base` (minus what `metadata` and the tensors restate) and `tensors`."""
+    """A GGUF with every key/value of `base` (a path, or a GGUFReader already open on it; minus what `metadata`
+    and the tensors restate) and `tensors`."""
     import gguf
 
-    reader = gguf.GGUFReader(str(base))
+    reader = base if isinstance(base, gguf.GGUFReader) else gguf.GGUFReader(str(base))
     if reader.get_field("general.architecture").contents() != "llama":
         raise ValueError(f"{base} is not a Llama-architecture GGUF")
     out = Path(path)
@@ -124,11 +125,12 @@ def write_gguf(path: str | Path, base: str | Path, tensors: Mapping[str, np.ndar
     return out
 
 
-def architecture_metadata(path: str | Path) -> dict[str, Any]:
-    """Every llama.* key of a GGUF with its value (what `export_model` copies, and the tests compare)."""
+def architecture_metadata(path: str | Path | Any) -> dict[str, Any]:
+    """Every llama.* key of a GGUF (a path or an open GGUFReader) with its value (what `export_model` copies, and
+    the tests compare)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = path if isinstance(path, gguf.GGUFReader) else gguf.GGUFReader(str(path))
     return {name: field.contents() for name, field in reader.fields.items() if name.startswith("llama.")}
 
 
@@ -138,12 +140,13 @@ def export_model(model: Any, base: str | Path, path: str | Path, dtype: str = F1
     import gguf
 
     tensors = gguf_tensors(model.state_dict(), model.config, dtype)
-    base_names = {t.name for t in gguf.GGUFReader(str(base)).tensors}
+    reader = gguf.GGUFReader(str(base))  # read once: parsing a tokenizer's arrays takes seconds
+    base_names = {t.name for t in reader.tensors}
     if set(tensors) != base_names:
         raise ValueError(f"the model's tensors differ from the base file's: missing {sorted(base_names - set(tensors))[:5]}"
                          f", extra {sorted(set(tensors) - base_names)[:5]}")
-    _check_config_against_base(model.config, architecture_metadata(base), base)
-    return write_gguf(path, base, tensors, {}, dtype)
+    _check_config_against_base(model.config, architecture_metadata(reader), base)
+    return write_gguf(path, reader, tensors, {}, dtype)
 
 
 def _check_config_against_base(config: Any, base_keys: Mapping[str, Any], base: str | Path) -> None:
