@@ -77,7 +77,7 @@ def cached_sha256(path: str | os.PathLike[str], cache_file: Path) -> str:
     else:
         raise RuntimeError(f"{file} keeps changing while it is hashed; cannot name the model it holds")
     with _cache_lock:
-        cache = _read_cache(cache_file)
+        cache = {path: entry for path, entry in _read_cache(cache_file).items() if Path(path).exists()}  # prune
         cache[key] = {"size": stamp[0], "mtime_ns": stamp[1], "sha256": digest}
         try:
             write_atomic(cache_file, orjson.dumps(cache, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

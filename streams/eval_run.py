@@ -240,7 +240,8 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
             if strategy.finetuned and not strategy.skipped:
                 strategy.ledger.cpu_s += spent[0]
                 strategy.ledger.wall_s += spent[1]
-        ft_log.append({"tag": tag, "until_day": until_day, "examples": done.examples, "steps": done.steps,
+        ft_log.append({"tag": tag, "until_day": until_day, "model_version": pool.model_version(finetuned),
+                       "examples": done.examples, "steps": done.steps,
                        "train_s": done.train_s, "loss": [round(done.first_loss, 3), round(done.final_loss, 3)],
                        "cpu_s": round(spent[0], 1), "wall_s": round(spent[1], 1), **done.timings})
         return time.perf_counter() - since
@@ -304,7 +305,8 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
               "fine_tunes": ft_log, "clusters": clusters.version,
               "all_pairs": len(clusters.clusters) * (len(clusters.clusters) - 1), "sequence": sequence.version,
               "split": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.split_ts)),
-              "end": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.end_ts)), "base_model": base_model}
+              "end": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.end_ts)), "base_model": base_model,
+              "base_model_version": pool.model_version(base_model)}  # by content (models/identity.py), not path
     for bulky in ("finetuned", "lancedb", "faust"):  # the report keeps what they showed; logs stay
         shutil.rmtree(work / bulky, ignore_errors=True)
     return EvalResult(config, list(results.values()), points_info, totals)
