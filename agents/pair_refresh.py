@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import faust
 
     from agents.serving import Serving
+    from models.model_loading import ModelLoader
     from streams.metrics import Metrics
     from streams.settings import Settings
 
@@ -166,26 +167,34 @@ class PairRefresher:
 
 
 class ModelWatcher:
-    """Hot swap: a newly released model (models/finetune/registry.py) is loaded beside the serving one on its own
-    thread (reads and grounding go on meanwhile), then swapped in between two LLM calls. Pair rows of the old model
-    keep serving until the refresher has re-inferred them for the new one; answered requests stay answered."""
+    """Hot swap: a newly released model (models/finetune/registry.py) is found and loaded beside the serving one on
+    the loader's own thread (models/model_loading.py: reads and grounding go on meanwhile), then swapped in between
+    two LLM calls. What is released is decided by identity (version + full digest), not by path, so A -> B ->
+    rollback to A swaps each time. Pair rows of the old model keep serving until the refresher has re-inferred them
+    for the new one; answered requests stay answered."""
 
-    def __init__(self, serving: Serving, metrics: Metrics) -> None:
+    def __init__(self, serving: Serving, loader: ModelLoader, metrics: Metrics) -> None:
         self.serving = serving
+        self.loader = loader
         self.metrics = metrics
 
     async def check(self) -> bool:
         serving = self.serving
         if not serving.ready.is_set() or serving.predictor is None:
             return False
-        path = await serving.io(serving.loaders.current_model_path)
-        if path == serving.predictor.model_path:
-            return False
-        log.info("a new LLM was released: %s; loading it beside the serving one", path)
         try:
-            fresh = await serving.load(serving.loaders.predictor, path)
+            release = await asyncio.wrap_future(self.loader.submit_check(serving.predictor.identity))
         except Exception:
-            log.exception("the released model %s could not be loaded; the current one keeps serving", path)
+            log.exception("checking the registry for a released LLM failed; the current one keeps serving")
+            return False
+        if release is None:
+            return False
+        log.info("a new LLM was released: %s (%s); loading it beside the serving one", release.path,
+                 release.identity.label)
+        try:
+            fresh = await asyncio.wrap_future(self.loader.submit_load(release))
+        except Exception:
+            log.exception("the released model %s could not be loaded; the current one keeps serving", release.path)
             return False
         old = serving.predictor
         serving.predictor = fresh

@@ -126,8 +126,9 @@ class RequestHandler:
             metrics.llm_failures.labels("backlog").inc()
         elif pair is not None and predictor is not None:
             try:
-                row = await serving.llm_for_request(infer, predictor, pair, top_next, trending, knowledge_version,
-                                                    timeout_s=settings.llm_timeout_s)
+                row = await asyncio.wait_for(
+                    serving.llm_for_request(infer, predictor, pair, top_next, trending, knowledge_version),
+                    timeout=settings.llm_timeout_s)
             except asyncio.TimeoutError:
                 metrics.llm_failures.labels("timeout").inc()
             except Exception:

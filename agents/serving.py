@@ -1,9 +1,9 @@
 """The models and stores the recommender, the pair refresher and the model watcher share, loaded off the event loop.
 
 Threads: LanceDB reads and the sequence model run on one I/O thread; the LLM on its own thread (one llama.cpp
-context is not thread-safe; the pair refresher shares it); a model being hot-swapped in loads on a third thread, so
-loading it never delays reads or grounding. Request-time LLM misses come before background pair refreshes on the
-LLM thread: the refresher waits while any request waits for, or uses, the LLM.
+context is not thread-safe; the pair refresher shares it). Request-time LLM misses come before background pair refreshes on the
+LLM thread: the refresher waits while any request waits for, or uses, the LLM. A hot swap finds and loads the new
+model on the model loader's own thread (models/model_loading.py).
 """
 
 from __future__ import annotations
@@ -95,7 +95,6 @@ class Serving:
     def __post_init__(self) -> None:
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender-io")
         self.llm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
-        self.load_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self.requests_waiting_for_llm = 0
         self.llm_free_for_refresh = asyncio.Event()
         self.llm_free_for_refresh.set()
@@ -108,24 +107,24 @@ class Serving:
     async def llm(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.llm_executor, fn, *args)
 
-    async def load(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.load_executor, fn, *args)
+    async def llm_for_request(self, fn: Callable[..., T], *args: Any) -> T:
+        """`llm`, ahead of the background refresher (which waits while any request needs the LLM).
 
-    async def llm_for_request(self, fn: Callable[..., T], *args: Any, timeout_s: float) -> T:
-        """`llm`, ahead of the background refresher; past `timeout_s` the request stops waiting (TimeoutError) but
-        the LLM thread stays marked busy until the call has really finished, so the refresher never runs beside it
-        and a timed-out call cannot be mistaken for a free LLM."""
+        The LLM counts as taken until the CALL ends, not until the request stops waiting: a request-time timeout
+        (asyncio.wait_for around this) cancels only the wait, a call already running on the LLM thread runs to its
+        end, and the refresher is not let in meanwhile. So the release is a done-callback of the executor's own
+        future -- fired when the call finishes, or at once when a still-queued call is cancelled by the timeout."""
         self.requests_waiting_for_llm += 1
         self.llm_free_for_refresh.clear()
-        call = asyncio.ensure_future(self.llm(fn, *args))
+        loop = asyncio.get_running_loop()
+        call = self.llm_executor.submit(fn, *args)
+        call.add_done_callback(lambda _: loop.is_closed() or loop.call_soon_threadsafe(self._request_left_llm))
+        return await asyncio.wrap_future(call)
 
-        def done(_: asyncio.Future) -> None:
-            self.requests_waiting_for_llm -= 1
-            if self.requests_waiting_for_llm == 0:
-                self.llm_free_for_refresh.set()
-
-        call.add_done_callback(done)
-        return await asyncio.wait_for(asyncio.shield(call), timeout=timeout_s)
+    def _request_left_llm(self) -> None:
+        self.requests_waiting_for_llm -= 1
+        if self.requests_waiting_for_llm == 0:
+            self.llm_free_for_refresh.set()
 
     async def start(self) -> None:
         from models.sequence import SequenceModelNotTrained
@@ -158,5 +157,5 @@ class Serving:
         return top_next, trending, self.knowledge.knowledge_version()
 
     def close(self) -> None:
-        for executor in (self.io_executor, self.llm_executor, self.load_executor):
+        for executor in (self.io_executor, self.llm_executor):
             executor.shutdown(wait=False, cancel_futures=True)

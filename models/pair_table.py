@@ -10,7 +10,12 @@ they were inferred from, one per ``(clusters_version, model_version, c1, c2)``, 
 * ``knowledge_version`` -- the knowledge store's table versions at inference time, for audit.
 
 Rows of an older model version keep serving a pair until the new version has answered it (a model hot swap
-re-infers the table in the background).
+re-infers the table in the background). ``model_version`` is the model's identity label (models/identity.py:
+registry version + full-content digest), so two fine-tunes never share rows.
+
+The table belongs to one deployment (``Settings.deployment_id()``), named ``<deployment>__pair_predictions`` as the
+knowledge store's tables are (models/knowledge.py says why): a deployment never serves rows another deployment
+inferred from its own knowledge.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import lancedb
 import orjson
 import pyarrow as pa
 
-from models.knowledge import sql_str
+from models.knowledge import deployment_table, sql_str
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge
+from streams.settings import DEFAULT_DEPLOYMENT
 
 if TYPE_CHECKING:
     from models.clusters import ClusterSet
@@ -89,19 +95,21 @@ def infer(predictor: NovelClusterPredictor, pair: Pair, top_next: Sequence[tuple
 
 
 class PairTable:
-    """Pair predictions of one clusters version in the LanceDB at `uri` (any writer; rows are keyed upserts)."""
+    """Pair predictions of one clusters version of one deployment in the LanceDB at `uri` (any writer of that
+    deployment; rows are keyed upserts)."""
 
     def __init__(self, uri: str, clusters_version: str, refresh_s: float = 1.0,
-                 storage_options: dict[str, str] | None = None) -> None:
+                 storage_options: dict[str, str] | None = None, deployment: str = DEFAULT_DEPLOYMENT) -> None:
         self.clusters_version = clusters_version
+        self.deployment = deployment
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=refresh_s),
                                    storage_options=storage_options)
-        self._table = self._db.create_table(PAIRS, schema=PAIRS_SCHEMA, exist_ok=True)
+        self._table = self._db.create_table(deployment_table(deployment, PAIRS), schema=PAIRS_SCHEMA, exist_ok=True)
         self._writes = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, clusters_version: str, **options: Any) -> PairTable:
-        return cls(settings.resolved_lancedb_uri(), clusters_version, **options)
+        return cls(settings.resolved_lancedb_uri(), clusters_version, deployment=settings.deployment_id(), **options)
 
     def upsert(self, predictions: Iterable[PairPrediction]) -> int:
         rows = [self._row(p) for p in predictions]

@@ -181,6 +181,7 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
     from agents.serving import Loaders, Serving
     from models.finetune.registry import current_model_path
     from models.knowledge import KnowledgeStore
+    from models.model_loading import ModelLoader
     from models.pair_table import PairTable
 
     settings, metrics = context.settings, context.metrics
@@ -225,8 +226,8 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
         return sum(child._value.get() for child in metrics.consumer_lag._metrics.values())
 
     refresher = pair_refresh.PairRefresher(settings, serving, metrics, owned, lag)
-    pair_refresh.attach(app, refresher, pair_refresh.ModelWatcher(serving, metrics), serving,
-                        settings.model_watch_interval_s)
+    watcher = pair_refresh.ModelWatcher(serving, ModelLoader(settings, load_predictor), metrics)
+    pair_refresh.attach(app, refresher, watcher, serving, settings.model_watch_interval_s)
     return agent
 
 

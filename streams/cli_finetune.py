@@ -101,18 +101,24 @@ def list_models() -> None:
 
     settings = get_settings()
     current = registry.current_version(settings)
-    table = Table("", "version", "gates", "hit rate", "exact match", "quant", "test from", title="LLM versions")
+    from models.identity import LABEL_DIGEST_CHARS, identify
+
+    table = Table("", "version", "sha256", "gates", "hit rate", "exact match", "quant", "test from",
+                  title="LLM versions")
     for model in registry.list_versions(settings):
         meta = model.metadata
         metrics = meta.get("metrics", {})
         table.add_row("*" if model.version == current else "", model.version,
+                      str(meta.get("model_sha256", ""))[:LABEL_DIGEST_CHARS],
                       "passed" if model.passed_gates else "failed: " + "; ".join(meta.get("gates", {})
                                                                                    .get("reasons", [])),
                       _fmt(metrics.get("knowledge", {}).get("hit_rate")),
                       _fmt(metrics.get("all", {}).get("exact_match")), str(meta.get("quant_type", "")),
                       str(meta.get("data_period", {}).get("test_from", "")))
     out.print(table)
-    out.print(f"serving model: {registry.current_model_path(settings)}")
+    serving = registry.current_model_path(settings)
+    label = identify(settings, serving).label if Path(serving).is_file() else "missing"
+    out.print(f"serving model: {serving} ({label})")
 
 
 @llm_app.command("release")

@@ -137,7 +137,7 @@ def pairs_build(
         clusters = load_serving(settings)
         store = KnowledgeStore.from_settings(settings, clusters.version)
         model_path = str(current_model_path(settings))
-        version = model_version(model_path) if Path(model_path).is_file() else None
+        version = model_version(settings, model_path) if Path(model_path).is_file() else None
         predictor = None
         if processes == 1 or version is None:  # a missing model fails here, with the predictor's clear message
             with console.status("Loading the LLM..."):

@@ -223,7 +223,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
 
     def version_of(path: str) -> str:
         if path not in versions:
-            versions[path] = model_version(path)
+            versions[path] = model_version(settings, path)
         return versions[path]
 
     llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days)

@@ -6,6 +6,8 @@ Every tunable lives here so that a deployment is described by its environment al
 
 from __future__ import annotations
 
+import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -273,6 +275,11 @@ class Settings(BaseSettings):
 
         return f"{socket.gethostname()}-{self.web_port}"
 
+    def deployment_id(self) -> str:
+        """The deployment these settings describe (its topic prefix and app id), as one name: what keeps the
+        LanceDB tables of deployments sharing a LanceDB URI apart (models/knowledge.py, models/pair_table.py)."""
+        return deployment_id(self.topic_prefix, self.app_id)
+
     def resolved_requests_partitions(self) -> int:
         return self.requests_partitions or self.interactions_partitions
 
@@ -284,6 +291,17 @@ class Settings(BaseSettings):
         if event_type == "rating":
             return value is not None and value >= self.positive_rating_threshold
         return event_type in self.positive_event_types
+
+
+def deployment_id(topic_prefix: str, app_id: str) -> str:
+    """`<prefix+app id, table-name-safe>-<8 hex digits of a hash of the pair>`: readable in a table listing, and
+    distinct for any two (prefix, app id) pairs, even those whose concatenations or safe spellings coincide."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{topic_prefix}{app_id}").strip("._-")[:60] or "deployment"
+    digest = hashlib.sha256(f"{topic_prefix}\0{app_id}".encode()).hexdigest()[:8]
+    return f"{readable}-{digest}"
+
+
+DEFAULT_DEPLOYMENT = deployment_id("", Settings.model_fields["app_id"].default)
 
 
 @lru_cache(maxsize=1)

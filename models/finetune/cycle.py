@@ -8,7 +8,6 @@ the outcome (metadata with metrics and gate results); only a model that passed e
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from models.clusters import ClusterSet
 from models.finetune import curation, export, gates, quantize, registry, scheduler, training
+from models.identity import identify
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class CycleResult:
     base_served_hit_rate: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     model_path: str | None = None
+    model_version: str | None = None  # the released/registered model's identity label (models/identity.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -70,7 +71,22 @@ class _Stages:
 def run_cycle(settings: Settings, progress: Any | None = None, *, clusters: ClusterSet | None = None,
               ratings: Sequence[Any] | None = None, evaluate_base: bool = True, served: bool = True,
               release_model: bool = True, keep_f16: Path | None = None) -> CycleResult:
-    """One cycle. `keep_f16`: also keep the unquantized export there (to compare quantization types)."""
+    """One cycle. `keep_f16`: also keep the unquantized export there (to compare quantization types).
+
+    The export and the quantized candidate are written under a hidden work folder of the registry, removed when
+    the cycle ends, whether it succeeds or fails (a failed cycle leaves no half-written GGUFs behind)."""
+    version = _version_name()
+    work = registry.llm_root(settings) / f".work-{version}"
+    try:
+        return _run_cycle(settings, progress, version, work, clusters, ratings, evaluate_base, served, release_model,
+                          keep_f16)
+    finally:
+        _remove_dir(work)
+
+
+def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Path, clusters: ClusterSet | None,
+               ratings: Sequence[Any] | None, evaluate_base: bool, served: bool, release_model: bool,
+               keep_f16: Path | None) -> CycleResult:
     stages = _Stages(progress)
     clusters, ratings = _inputs(settings, clusters, ratings)
     base = Path(settings.finetune_base_model_path or settings.resolved_model_path())
@@ -98,8 +114,6 @@ def run_cycle(settings: Settings, progress: Any | None = None, *, clusters: Clus
         model, trained = training.train(model, prefix, encoded, settings, pad_id=tokenizer.eos,
                                         on_step=lambda done, planned, loss: step(done, planned))
 
-        version = _version_name()
-        work = registry.llm_root(settings) / f".work-{version}"
         step = stages.start("export")
         f16 = export.export_model(model, base, work / "model-f16.gguf")
         step(1)
@@ -124,9 +138,11 @@ def run_cycle(settings: Settings, progress: Any | None = None, *, clusters: Clus
         tokenizer.close()
 
     result = gates.check_gates(evaluation.metrics, agreement, settings)
+    base_identity = identify(settings, base)  # what the candidate was tuned from, by content, not by path
     model_bytes = candidate.stat().st_size
     metadata = {
-        "version": version, "created_at": time.time(), "base": str(base), "base_sha256_1mib": _sha(base),
+        "version": version, "created_at": time.time(), "base": str(base),
+        "base_model_version": base_identity.label, "base_sha256": base_identity.sha256,
         "clusters_version": clusters.version, "data_period": _period(curated.period),
         "curation": curated.stats, "train": trained.as_dict(), "quant_type": settings.finetune_quant_type,
         "model_bytes": model_bytes, "metrics": evaluation.metrics, "base_metrics": base_metrics,
@@ -145,13 +161,13 @@ def run_cycle(settings: Settings, progress: Any | None = None, *, clusters: Clus
     elif release_model:
         registry.release(settings, version)
         log.info("released fine-tuned model %s", version)
-    _remove_dir(work)
     return CycleResult(version=version, released=result.passed and release_model, reasons=result.reasons,
                        metrics=evaluation.metrics, base_metrics=base_metrics, baselines=metadata["baselines"],
                        agreement=agreement, train=trained.as_dict(), curation=curated.stats,
                        quant_type=settings.finetune_quant_type, model_bytes=model_bytes,
                        served_hit_rate=candidate_served, base_served_hit_rate=base_served, timings=stages.timings,
-                       model_path=str(filed.model_path) if result.passed else None)
+                       model_path=str(filed.model_path) if result.passed else None,
+                       model_version=identify(settings, filed.model_path).label if result.passed else None)
 
 
 def _inputs(settings: Settings, clusters: ClusterSet | None, ratings: Sequence[Any] | None
@@ -187,11 +203,6 @@ def _torch_answers(model: Any, evaluation: gates.Evaluation, clusters: ClusterSe
 def _version_name() -> str:
     now = datetime.now(UTC)
     return f"ft-{now:%Y%m%d-%H%M%S}-{now.microsecond:06d}"
-
-
-def _sha(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.sha256(handle.read(1 << 20)).hexdigest()[:16]
 
 
 def _period(period: curation.Period) -> dict[str, str | int]:

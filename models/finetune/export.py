@@ -2,10 +2,17 @@
 tokenizer and metadata.
 
 Route: the base GGUF is read with gguf's GGUFReader; every key/value field is copied (tokenizer, chat template,
-names, licence...) except the ones the new file must state itself (file type, quantization version, the llama.*
-hyper-parameters, which are rewritten from the model's config so a differently shaped model gets a consistent
-header), and the tensors are the model's weights under llama.cpp's names, F16 for matrices and F32 for norms (what
-llama.cpp's own converter writes; llama.cpp's quantizer takes it from there, see quantize.py).
+names, licence, and every llama.* hyper-parameter) except the ones the new file must state itself (file type,
+quantization version), and the tensors are the model's weights under llama.cpp's names, F16 for matrices and F32
+for norms (what llama.cpp's own converter writes; llama.cpp's quantizer takes it from there, see quantize.py).
+
+A fine-tune keeps its base's architecture, so `export_model` copies the base's llama.* keys verbatim rather than
+re-deriving them from the transformers config: a value the config lost or defaulted on the way through
+transformers' GGUF loader (rope theta, norm epsilon, context length, rope scaling, any key this code does not know)
+would otherwise change the model silently. The config must still agree with the base on the keys that fix tensor
+shapes (a mismatch is an error); on the others the base wins and a disagreement is logged.
+`write_gguf` with explicit llama.* metadata remains for writing a differently shaped model on a base's tokenizer
+(the tests' tiny models).
 
 Q/K permutation: llama.cpp applies rotary embeddings to adjacent pairs of a head's dimensions, Hugging Face's Llama
 to its two halves, so llama.cpp's converter permutes the rows of q_proj and k_proj (`permute_qk`) and transformers'
@@ -15,14 +22,21 @@ of key/value heads (grouped-query attention: 3 for SmolLM2's 9 query heads).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 F16, F32 = "f16", "f32"
-_COPY_SKIPPED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version", "llama.")
+_COPY_SKIPPED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
+# The llama.* keys that fix the tensors' shapes: the model and its base must agree on them.
+SHAPE_KEYS = ("llama.vocab_size", "llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
+              "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.dimension_count")
 
 
 def permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -79,12 +93,13 @@ def gguf_tensors(state_dict: Mapping[str, Any], config: Any, dtype: str = F16) -
     return out
 
 
-def write_gguf(path: str | Path, base: str | Path, tensors: Mapping[str, np.ndarray],
+def write_gguf(path: str | Path, base: str | Path | Any, tensors: Mapping[str, np.ndarray],
                metadata: Mapping[str, tuple[Any, Any]], dtype: str = F16) -> Path:
-    """A GGUF with every key/value of `base` (minus what `metadata` and the tensors restate) and `tensors`."""
+    """A GGUF with every key/value of `base` (a path, or a GGUFReader already open on it; minus what `metadata`
+    and the tensors restate) and `tensors`."""
     import gguf
 
-    reader = gguf.GGUFReader(str(base))
+    reader = base if isinstance(base, gguf.GGUFReader) else gguf.GGUFReader(str(base))
     if reader.get_field("general.architecture").contents() != "llama":
         raise ValueError(f"{base} is not a Llama-architecture GGUF")
     out = Path(path)
@@ -110,13 +125,43 @@ def write_gguf(path: str | Path, base: str | Path, tensors: Mapping[str, np.ndar
     return out
 
 
+def architecture_metadata(path: str | Path | Any) -> dict[str, Any]:
+    """Every llama.* key of a GGUF (a path or an open GGUFReader) with its value (what `export_model` copies, and
+    the tests compare)."""
+    import gguf
+
+    reader = path if isinstance(path, gguf.GGUFReader) else gguf.GGUFReader(str(path))
+    return {name: field.contents() for name, field in reader.fields.items() if name.startswith("llama.")}
+
+
 def export_model(model: Any, base: str | Path, path: str | Path, dtype: str = F16) -> Path:
-    """Write `model` (a merged transformers Llama model) as a GGUF on `base`'s tokenizer and metadata."""
+    """Write `model` (a merged transformers Llama model fine-tuned from `base`) as a GGUF on `base`'s tokenizer and
+    metadata, every llama.* hyper-parameter copied from `base`."""
     import gguf
 
     tensors = gguf_tensors(model.state_dict(), model.config, dtype)
-    base_names = {t.name for t in gguf.GGUFReader(str(base)).tensors}
+    reader = gguf.GGUFReader(str(base))  # read once: parsing a tokenizer's arrays takes seconds
+    base_names = {t.name for t in reader.tensors}
     if set(tensors) != base_names:
         raise ValueError(f"the model's tensors differ from the base file's: missing {sorted(base_names - set(tensors))[:5]}"
                          f", extra {sorted(set(tensors) - base_names)[:5]}")
-    return write_gguf(path, base, tensors, llama_metadata(model.config), dtype)
+    _check_config_against_base(model.config, architecture_metadata(reader), base)
+    return write_gguf(path, reader, tensors, {}, dtype)
+
+
+def _check_config_against_base(config: Any, base_keys: Mapping[str, Any], base: str | Path) -> None:
+    """Shape keys must agree (else the tensors would not fit the header); other disagreements are only logged, since
+    the base's value is the one written."""
+    derived = {key: value for key, (value, _) in llama_metadata(config).items()}
+    shape = [key for key in SHAPE_KEYS if key in base_keys and key in derived and base_keys[key] != derived[key]]
+    if shape:
+        raise ValueError(f"the model's shape differs from its base {base}: "
+                         + ", ".join(f"{k} {derived[k]} (base {base_keys[k]})" for k in shape))
+    for key, value in derived.items():
+        if key in SHAPE_KEYS or key not in base_keys:
+            continue
+        ours, theirs = value, base_keys[key]
+        same = math.isclose(float(ours), float(theirs), rel_tol=1e-6) if isinstance(theirs, float) else ours == theirs
+        if not same:
+            log.warning("%s: the model's config says %r, the base %s says %r; the base's value is written",
+                        key, ours, base, theirs)

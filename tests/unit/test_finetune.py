@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from models.clusters import Cluster, ClusterSet
@@ -16,6 +17,7 @@ from models.prompts import Knowledge
 from models.counts import DAY_S, AllCounts
 from streams.movielens import Rating
 from streams.settings import Settings
+from tests.tiny_models import tiny_model, write_tiny_base
 
 NAMES = ("Noir", "Space Opera", "Romance", "Cartoons", "Westerns", "Musicals")
 
@@ -150,28 +152,7 @@ def test_qk_permutation_round_trips_and_pairs_adjacent_rows(n_head):
 
 
 # ---------------------------------------------------------------------------------------------------- tiny model
-def _tiny_model(seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from models.finetune.training import PromptTokenizer
-
-    torch.manual_seed(seed)
-    vocab = PromptTokenizer(Settings().resolved_model_path())
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=vocab.eos,
-                         pad_token_id=vocab.eos, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    vocab.close()
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
-
-
-def _write_tiny_base(path: Path, model, dtype: str = export.F32) -> Path:
-    tensors = export.gguf_tensors(model.state_dict(), model.config, dtype)
-    return export.write_gguf(path, Settings().resolved_model_path(), tensors, export.llama_metadata(model.config),
-                             dtype)
+_tiny_model, _write_tiny_base = tiny_model, write_tiny_base
 
 
 def test_gguf_round_trip_through_transformers_and_llama_cpp(tmp_path):
@@ -200,6 +181,57 @@ def test_gguf_round_trip_through_transformers_and_llama_cpp(tmp_path):
     llm.close()
     assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
     assert int(np.argmax(got)) == int(np.argmax(expected))
+
+
+def test_export_keeps_every_architecture_key_of_the_base(tmp_path):
+    """The exported GGUF's llama.* keys equal the base's, key by key and value by value -- including a rope theta
+    that is not the 10000 default and keys the exporter knows nothing of -- and every other key is copied too."""
+    import gguf
+    import llama_cpp
+    from gguf import GGUFValueType as T
+
+    model = tiny_model(seed=3, rope_theta=100000.0)  # SmolLM2's own theta
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    base = write_tiny_base(tmp_path / "base.gguf", model, extra_metadata={
+        "llama.attention.key_length": (head_dim, T.UINT32), "llama.attention.value_length": (head_dim, T.UINT32)})
+    # The model as training hands it over (the base was written from it losslessly, so it is what load_base gives).
+    exported = export.export_model(model, base, tmp_path / "exported.gguf")
+
+    base_reader, exported_reader = gguf.GGUFReader(str(base)), gguf.GGUFReader(str(exported))  # seconds each
+    base_keys, exported_keys = (export.architecture_metadata(base_reader),
+                                export.architecture_metadata(exported_reader))
+    assert {"llama.rope.freq_base", "llama.attention.key_length", "llama.context_length"} <= set(base_keys)
+    assert base_keys["llama.rope.freq_base"] == pytest.approx(100000.0)
+    assert sorted(exported_keys) == sorted(base_keys)
+    for key, value in base_keys.items():
+        assert exported_keys[key] == value, key
+
+    def fields(reader):
+        return {name: field.contents() for name, field in reader.fields.items()
+                if not name.startswith("GGUF.") and name != "general.file_type"}
+
+    assert fields(exported_reader) == fields(base_reader)  # tokenizer, chat template, names: all copied
+    llm = llama_cpp.Llama(model_path=str(exported), n_ctx=64, n_threads=1, verbose=False)  # and llama.cpp loads it
+    llm.close()
+
+
+def test_export_refuses_a_model_whose_shape_differs_from_the_base(caplog):
+    from transformers import LlamaConfig
+
+    def config(**changes):
+        values = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+                  "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}, **changes}
+        return LlamaConfig(**values)
+
+    base_keys = {key: value for key, (value, _) in export.llama_metadata(config()).items()}
+    export._check_config_against_base(config(), base_keys, "base.gguf")
+    with pytest.raises(ValueError, match="head_count_kv"):  # the header would no longer describe the tensors
+        export._check_config_against_base(config(num_key_value_heads=4), base_keys, "base.gguf")
+    # A hyper-parameter the config lost on the way (rope theta defaulted) is not an error: the base's is written.
+    defaulted = config(rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    export._check_config_against_base(defaulted, base_keys, "base.gguf")
+    assert "llama.rope.freq_base" in caplog.text
 
 
 def test_shared_prefix_loss_equals_full_forward():
@@ -290,6 +322,77 @@ def test_registry_release_and_rollback(tmp_path):
     assert registry.current_model_path(settings) == base
     with pytest.raises(registry.RegistryError):
         registry.rollback(settings)
+
+
+def test_release_state_is_one_atomic_file_and_old_registries_still_read(tmp_path):
+    settings = _settings(tmp_path)
+    root = registry.llm_root(settings)
+    root.mkdir(parents=True)
+    passed = {"gates": {"passed": True, "reasons": []}}
+    for version in ("v1", "v2"):
+        model = tmp_path / f"{version}.gguf"
+        model.write_bytes(b"GGUF" + version.encode())
+        registry.register(settings, version, model, passed)
+    # A registry written before released.json: a `current` pointer and a history file.
+    (root / "history.json").write_bytes(b'["v1", "v2"]')
+    (root / "current").write_text("v2\n")
+    assert registry.current_version(settings) == "v2"
+    assert registry.rollback(settings) == "v1"
+    assert not (root / "current").exists() and not (root / "history.json").exists()
+    assert orjson.loads((root / "released.json").read_bytes()) == {"current": "v1", "history": ["v1"]}
+    registry.release(settings, "v2")
+    assert orjson.loads((root / "released.json").read_bytes()) == {"current": "v2", "history": ["v1", "v2"]}
+    assert not list(root.glob(".*.part"))  # no partial file left beside it
+
+
+def test_register_is_all_or_nothing_and_records_the_digest(tmp_path, monkeypatch):
+    from models import storage
+    from models.identity import file_sha256
+
+    settings = _settings(tmp_path)
+    model = tmp_path / "candidate.gguf"
+    model.write_bytes(b"GGUF" + bytes(range(200)) * 50)
+    digest = file_sha256(model)
+
+    def crash(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry, "write_atomic", crash)
+    with pytest.raises(OSError, match="disk full"):
+        registry.register(settings, "v1", model, {"gates": {"passed": True}})
+    assert model.is_file()  # the caller keeps its file ...
+    assert not (registry.llm_root(settings) / "v1").exists()  # ... and no half version is left
+    assert registry.list_versions(settings) == []
+    monkeypatch.setattr(registry, "write_atomic", storage.write_atomic)
+
+    filed = registry.register(settings, "v1", model, {"gates": {"passed": True}})
+    assert filed.metadata["model_sha256"] == digest and filed.metadata["model_size"] == 4 + 200 * 50
+    assert registry.get_version(settings, "v1").metadata["model_sha256"] == digest
+    assert [p.name for p in registry.llm_root(settings).iterdir() if p.name.startswith(".staging")] == []
+    with pytest.raises(registry.RegistryError, match="invalid"):
+        registry.register(settings, "..", None, {})
+
+
+def test_a_failed_cycle_removes_its_work_folder(tmp_path, monkeypatch):
+    """A cycle that fails after the export wrote its GGUF leaves no work folder (nor half-written file) behind."""
+    from models.finetune import cycle, quantize
+
+    base = write_tiny_base(tmp_path / "tiny-base.gguf", tiny_model(seed=2))
+    settings = _settings(tmp_path, finetune_base_model_path=str(base), finetune_method="full",
+                         finetune_max_epochs=0.01)
+    seen = []
+
+    def failing_quantize(source, target, *args, **kwargs):
+        seen.append(Path(source))
+        assert Path(source).is_file()  # the export really was written into the work folder
+        raise RuntimeError("quantizer crashed")
+
+    monkeypatch.setattr(quantize, "quantize", failing_quantize)
+    with pytest.raises(RuntimeError, match="quantizer crashed"):
+        cycle.run_cycle(settings, clusters=_clusters(), ratings=_ratings(users=40), evaluate_base=False, served=False)
+    assert seen and seen[0].parent.name.startswith(".work-")
+    assert not seen[0].parent.exists()
+    assert registry.list_versions(settings) == []
 
 
 def test_gates_report_each_failing_check(tmp_path):

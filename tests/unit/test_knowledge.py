@@ -177,6 +177,31 @@ def test_clusters_versions_coexist(tmp_path: Path) -> None:
     assert old.top_next("A", "B") == [] and new.top_next("A", "B") == [("D", 7)]
 
 
+def test_deployments_sharing_a_lancedb_never_see_or_overwrite_each_others_rows(tmp_path: Path) -> None:
+    """Two deployments (own topic prefix and app id) on one LanceDB URI, same clusters version, same partition:
+    each one's writes, reads, search and deletes touch only its own rows."""
+    from streams.settings import Settings
+
+    uri = str(tmp_path / "shared-lancedb")
+    staging = Settings(topic_prefix="staging.", app_id="explorer-staging", lancedb_uri=uri)
+    production = Settings(topic_prefix="prod.", app_id="explorer-prod", lancedb_uri=uri)
+    mine = KnowledgeStore.from_settings(staging, VERSION, refresh_s=0.0)
+    theirs = KnowledgeStore.from_settings(production, VERSION, refresh_s=0.0)
+    assert mine.deployment == staging.deployment_id() != theirs.deployment
+    mine.write_partition_counts(0, counts({("A", "B"): {"C": 2}}, trends={DAY: {"C": 2}}), T0)
+    theirs.write_partition_counts(0, counts({("A", "B"): {"D": 5}, ("B", "C"): {"A": 1}}, trends={DAY: {"D": 9}}),
+                                  T0)  # partition 0 again: before, this replaced the other deployment's rows
+    mine.upsert_clusters(cluster_set())
+    assert mine.top_next("A", "B") == [("C", 2)] and theirs.top_next("A", "B") == [("D", 5)]
+    assert mine.all_top_next() == {("A", "B"): [("C", 2)]}
+    assert theirs.all_top_next() == {("A", "B"): [("D", 5)], ("B", "C"): [("A", 1)]}
+    assert [c for c, _, _ in mine.trending()] == ["C"] and [c for c, _, _ in theirs.trending()] == ["D"]
+    assert mine.search_clusters("animation", n=1) and theirs.search_clusters("animation", n=1) == []
+    theirs.delete_clusters_version()
+    assert mine.top_next("A", "B") == [("C", 2)] and mine.search_clusters("animation", n=1)
+    assert KnowledgeStore(uri, VERSION, refresh_s=0.0).top_next("A", "B") == []  # the default deployment: empty
+
+
 def test_another_instance_sees_the_writes(tmp_path: Path) -> None:
     writer = store(tmp_path)
     strict, eventual = store(tmp_path), store(tmp_path, refresh_s=1.0)  # opened before the writes, as readers are

@@ -126,12 +126,14 @@ def test_a_missing_model_file_is_a_clear_error(tmp_path):
 
 
 def test_model_version_names_the_file_and_tells_contents_apart(predictor, tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
     assert predictor.model_version.startswith("SmolLM2-135M-Instruct.Q4_1.gguf:")
-    assert predictor.model_version == model_version(Settings().resolved_model_path())
+    assert predictor.model_version == model_version(settings, Settings().resolved_model_path())
+    assert predictor.identity.label == predictor.model_version
     first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
     first.write_bytes(b"x" * 10)
     second.write_bytes(b"y" * 10)
-    assert model_version(first).split(":")[1:] != model_version(second).split(":")[1:]
+    assert model_version(settings, first).split(":")[1:] != model_version(settings, second).split(":")[1:]
 
 
 # ---------------------------------------------------------------------- prompt

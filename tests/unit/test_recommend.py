@@ -159,3 +159,91 @@ def test_fingerprints_owners_and_bulk_order() -> None:
     assert set(owners.values()) <= set(range(4)) and owners == {p: pair_owner(p, 4) for p in pairs}
     order = bulk_order(cs, {("c3", "c4"): [("c1", 9)], ("c2", "c1"): [("c3", 2), ("c4", 1)]})
     assert order[:2] == [("c3", "c4"), ("c2", "c1")] and sorted(order) == sorted(pairs)
+
+
+def test_deployments_sharing_a_lancedb_never_see_each_others_pair_rows(tmp_path) -> None:
+    uri = str(tmp_path / "lancedb")
+    staging = Settings(topic_prefix="staging.", app_id="explorer", lancedb_uri=uri)
+    production = Settings(topic_prefix="prod.", app_id="explorer", lancedb_uri=uri)
+    assert staging.deployment_id() != production.deployment_id()
+    mine = PairTable.from_settings(staging, "c4-test", refresh_s=0.0)
+    theirs = PairTable.from_settings(production, "c4-test", refresh_s=0.0)
+    mine.upsert([row(("c1", "c2"), "c3", at=1.0)])
+    theirs.upsert([row(("c1", "c2"), "c4", at=9.0), row(("c2", "c1"), "c4", at=9.0)])  # same key, newer
+    assert {p: r.novel for p, r in mine.load()["m1"].items()} == {("c1", "c2"): "c3"}
+    assert {p: r.novel for p, r in theirs.load()["m1"].items()} == {("c1", "c2"): "c4", ("c2", "c1"): "c4"}
+    assert mine.count() == 1 and theirs.count() == 2
+    assert mine.load(updated_since=5.0) == {}  # the other writers' merge reads only its own deployment
+
+
+def test_deployment_ids_tell_every_prefix_and_app_id_pair_apart() -> None:
+    from streams.settings import deployment_id
+
+    ids = {deployment_id(p, a) for p, a in [("a.", "b"), ("", "a.b"), ("a", ".b"), ("", "a_b"), ("", "a b"),
+                                            ("x.", "interest-explorer"), ("", "interest-explorer")]}
+    assert len(ids) == 7
+    assert all(set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for i in ids)
+
+
+# ------------------------------------------------------------------------------------------------ the LLM thread
+def _services():
+    from agents.serving import Serving
+
+    return Serving(SETTINGS, clusters(), loaders=None, metrics=None)  # type: ignore[arg-type]
+
+
+def test_a_timed_out_request_keeps_the_llm_from_the_refresher_until_its_call_ends() -> None:
+    """asyncio.wait_for cancels the request's wait, not the llama.cpp call running on the LLM thread: the
+    refresher's gate stays shut until that call has really finished."""
+    import asyncio
+    import threading
+
+    async def scenario() -> None:
+        services = _services()
+        running, finish, finished = threading.Event(), threading.Event(), threading.Event()
+
+        def slow_call() -> str:
+            running.set()
+            finish.wait(10)
+            finished.set()
+            return "done"
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(services.llm_for_request(slow_call), timeout=0.2)
+        assert running.is_set() and not finished.is_set()
+        assert not services.llm_free_for_refresh.is_set()  # the call still runs: no refresh may start
+        finish.set()
+        await asyncio.wait_for(services.llm_free_for_refresh.wait(), timeout=10)
+        assert finished.is_set() and services.requests_waiting_for_llm == 0
+        services.llm_executor.shutdown()
+        services.io_executor.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_times_out_while_queued_frees_the_llm_and_never_runs() -> None:
+    import asyncio
+    import threading
+
+    async def scenario() -> None:
+        services = _services()
+        busy, release = threading.Event(), threading.Event()
+        ran = []
+
+        def occupy() -> None:  # a refresh already on the LLM thread
+            busy.set()
+            release.wait(10)
+
+        background = asyncio.ensure_future(services.llm(occupy))
+        await asyncio.get_running_loop().run_in_executor(None, busy.wait, 10)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(services.llm_for_request(ran.append, "queued"), timeout=0.2)
+        await asyncio.wait_for(services.llm_free_for_refresh.wait(), timeout=5)  # cancelled before it started
+        release.set()
+        await background
+        await asyncio.sleep(0)
+        assert ran == [] and services.requests_waiting_for_llm == 0
+        services.llm_executor.shutdown()
+        services.io_executor.shutdown()
+
+    asyncio.run(scenario())
