@@ -41,16 +41,17 @@ log = logging.getLogger(__name__)
 
 
 class SourceRecord:
-    """One Kafka record of a batch: what processors need, without Faust's per-message bookkeeping."""
+    """The shape of one Kafka record of a batch. A batch holds aiokafka's own ConsumerRecords (same attributes):
+    no per-record conversion; this class is for tests and tools that make records by hand."""
 
     __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
 
-    def __init__(self, topic: str, partition: int, offset: int, timestamp: float, key: bytes | None,
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: int, key: bytes | None,
                  value: bytes | None, headers: Any) -> None:
         self.topic = topic
         self.partition = partition
         self.offset = offset
-        self.timestamp = timestamp  # seconds (broker or producer time)
+        self.timestamp = timestamp  # milliseconds since the epoch (broker or producer time), as Kafka has it
         self.key = key
         self.value = value
         self.headers = headers
@@ -66,9 +67,9 @@ class RecordBatch(ConsumerMessage):
 
     __slots__ = ("first_offset", "processed")
 
-    def __init__(self, tp: TP, records: list[SourceRecord], generation_id: int | None) -> None:
+    def __init__(self, tp: TP, records: list[Any], generation_id: int | None) -> None:
         first, last = records[0], records[-1]
-        super().__init__(tp.topic, tp.partition, last.offset, last.timestamp, 0, None, None, records, None,
+        super().__init__(tp.topic, tp.partition, last.offset, last.timestamp / 1000.0, 0, None, None, records, None,
                          serialized_key_size=0, serialized_value_size=0, tp=tp, generation_id=generation_id)
         self.first_offset = first.offset
         self.processed = False  # set by the agent that processed it: only then may it be acked
@@ -80,12 +81,6 @@ class RecordBatch(ConsumerMessage):
     def offsets(self) -> range:
         return range(self.first_offset, self.offset + 1)
 
-
-def _source_record(record: Any) -> SourceRecord:
-    timestamp = record.timestamp
-    return SourceRecord(record.topic, record.partition, record.offset,
-                        timestamp / 1000.0 if timestamp is not None else 0.0, record.key, record.value,
-                        record.headers)
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):
@@ -132,7 +127,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     if not fresh:
                         continue
                     if tp.topic in batch_topics:
-                        batch = RecordBatch(tp, [_source_record(r) for r in fresh], generation_id)
+                        batch = RecordBatch(tp, fresh, generation_id)  # aiokafka's records, as they are
                         self._delivering(tp, batch.first_offset)
                         await self.wait_first(callback(batch), self.suspend_flow.wait())
                         self._delivered(tp, batch.offset)

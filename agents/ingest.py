@@ -71,6 +71,7 @@ class IngestAgent:
         self.partition_of = PartitionOf(settings.interactions_partitions)
         self.last_offsets: dict[tuple[str, int], int] = {}
         self._persist: tuple[int, list[tuple[bytes, bytes | None]], str] | None = None
+        self._first_batch_seen = False
         self._misrouted_logged_at: dict[str, float] = {}
 
     # ---------------------------------------------------------------------------------------------- one batch
@@ -96,13 +97,13 @@ class IngestAgent:
         source = REROUTED if rerouted else DIRECT
         partition = batch.partition
         valid: list[SourcedEvent] = []
-        records_by_offset: dict[int, SourceRecord] = {}
         misrouted = 0
-        now = self.clock()
-        latency = metrics.event_latency
+        # Broker append time -> now, of the batch's oldest record: how far behind real time the worker runs (per
+        # batch, not per record: a histogram observation costs more than validating an event).
+        metrics.event_latency.observe(max(0.0, self.clock() - batch.records[0].timestamp / 1000))
+        validate = self.validator.validate
         for record in batch.records:
-            latency.observe(max(0.0, now - record.timestamp))  # broker append time -> now: how far behind
-            result = self.validator.validate(record.key, record.value)
+            result = validate(record.key, record.value)
             if isinstance(result, Rejection):
                 metrics.events_rejected.labels(result.code).inc()
                 await self._dead_letter(unit, record, str(result))
@@ -117,16 +118,17 @@ class IngestAgent:
                 self._forward(unit, record, target)
                 misrouted += 1
                 continue
-            records_by_offset[record.offset] = record
             valid.append(SourcedEvent(result, partition, record.offset, source))
-        metrics.events_in.inc(len(batch.records))
-        metrics.events_valid.inc(len(valid) + misrouted)
+        if not rerouted:  # a rerouted record was counted in (and valid) where it was first read
+            metrics.events_in.inc(len(batch.records))
+            metrics.events_valid.inc(len(valid) + misrouted)
         if misrouted:
             metrics.events_misrouted.labels(self.topics.interactions).inc(misrouted)
             self._log_misrouted(misrouted, len(batch.records))
         if self.states is not None and valid:
             state = self.states.partition(partition)
             result = await self._apply(state, valid)
+            records_by_offset = {r.offset: r for r in batch.records} if result.failures else {}
             for sourced, reason in result.failures:
                 metrics.events_rejected.labels(reason.split(":", 1)[0]).inc()
                 await self._dead_letter(unit, records_by_offset[sourced.offset], reason)
@@ -138,9 +140,15 @@ class IngestAgent:
                 unit.add(changelog, partition, key, value)
             self._persist = (partition, records, changelog)
         if rerouted:
-            metrics.events_rerouted_in.labels(self.topics.interactions).inc(len(valid))
+            metrics.events_rerouted_in.labels(self.topics.interactions).inc(len(batch.records))
         self.last_offsets[(batch.topic, partition)] = batch.offset
         metrics.batch_seconds.observe(time.monotonic() - started)
+        now = time.time()
+        if not self._first_batch_seen:
+            self._first_batch_seen = True
+            metrics.ingest_first_batch_at.set(now)
+            metrics.ingest_first_batch_records.set(len(batch.records))
+        metrics.ingest_last_batch_at.set(now)
         return unit
 
     async def _apply(self, state: PartitionState, events: list[SourcedEvent]) -> BatchResult:
@@ -182,7 +190,7 @@ class IngestAgent:
     def _forward(self, unit: OutboxUnit, record: SourceRecord, target: int) -> None:
         headers = [(ORIGIN_HEADER, origin_of(record.topic, record.partition, record.offset))]
         unit.add(self.topics.repartition, target, record.key, record.value, headers,
-                 timestamp_ms=int(record.timestamp * 1000))
+                 timestamp_ms=record.timestamp)
 
     async def _auto_request(self, unit: OutboxUnit, sourced: SourcedEvent) -> None:
         event = sourced.event

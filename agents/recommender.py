@@ -212,7 +212,7 @@ class RecommenderAgent:
         if isinstance(request, Rejection):
             await self._reject(unit, record, request.code, str(request))
             return None
-        age = self.clock() - record.timestamp
+        age = self.clock() - record.timestamp / 1000
         if age > self.settings.request_max_age_s:
             await self._reject(unit, record, "expired",
                                f"expired: the request is {age:.0f}s old, over request_max_age_s="
@@ -228,7 +228,7 @@ class RecommenderAgent:
                 return None
             unit.add(self.topics.repartition, target, record.key, record.value,
                      [(ORIGIN_HEADER, origin_of(record.topic, record.partition, record.offset))],
-                     timestamp_ms=int(record.timestamp * 1000))
+                     timestamp_ms=record.timestamp)
             metrics.events_misrouted.labels(self.topics.requests).inc()
             self._log_misrouted()
             return None
@@ -247,7 +247,7 @@ class RecommenderAgent:
                 value, source = stored, "duplicate"
             else:
                 try:
-                    value = await self.handler.answer(request, partition, self.clock() - record.timestamp)
+                    value = await self.handler.answer(request, partition, self.clock() - record.timestamp / 1000)
                 except Exception as exc:  # a bug must not stop the stream or lose the request
                     log.exception("request %s failed", request.request_id)
                     unit = self.outbox.unit()

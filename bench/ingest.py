@@ -1,7 +1,16 @@
-"""Ingest benchmark: events/s through the Faust validation agent vs a plain confluent-kafka consumer (the ceiling)
-reading the same topic in the same run.
+"""Ingest benchmark: the Faust worker against the same topic read without a framework, in the same run.
 
-    python -m bench.ingest [--events 300000] [--partitions 8]
+    python -m bench.ingest [--events 300000] [--partitions 8] [--workers 1 2] [--reroute]
+
+Readers, each in its own consumer group over the same synthetic events (MovieLens-shaped, streams/loadgen.py):
+
+* plain confluent-kafka consumer doing nothing (the ceiling), and aiokafka's `getmany` loop (Faust's transport);
+* the same work without Faust in one process (bench/baselines.py: validation, the partition state, dead letters,
+  changelog writes delivered before commits, the LanceDB sync);
+* the Faust worker validating only (no clusters), and the full pipeline (validation + transitions + trends + recent
+  items + LanceDB sync), with 1..N workers;
+* with `--reroute`: the full pipeline again on the same events produced with librdkafka's `random` partitioner
+  (7 of 8 records arrive on another partition than their user's and take the repartition hop).
 
 Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`).
 """
@@ -9,42 +18,19 @@ Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`).
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.baselines import aiokafka_rate, plain_consumer_rate, same_work_rate
 from bench.common import isolated, print_table
-from streams.kafka_config import confluent_config
 from streams.loadgen import synthetic_events
 from streams.replay import publish_events
 from streams.settings import Settings
-from streams.topics import INTERACTIONS, topic_name
+from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, TopicSpec, create_topics, topic_name
 from streams.worker_process import free_port, run_worker, wait_until
-
-
-def plain_consumer_rate(settings: Settings, topic: str, expected: int) -> float:
-    """The ceiling: librdkafka consuming the topic, doing nothing per message but touching its value."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(confluent_config(settings, **{
-        "group.id": f"{settings.app_id}-ceiling", "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "fetch.min.bytes": 1, "queued.min.messages": 200_000,
-    }))
-    consumer.subscribe([topic])
-    seen = 0
-    started = None
-    while seen < expected:
-        batch = consumer.consume(num_messages=10_000, timeout=1.0)
-        if batch and started is None:
-            started = time.perf_counter()  # measure reading, not the group join before the first fetch
-        for message in batch:
-            if message.error() is None:
-                message.value()
-                seen += 1
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return seen / elapsed
 
 
 def agent_rate(settings: Settings, expected: int, log_dir: Path, workers: int) -> tuple[float, dict[str, float]]:
@@ -53,56 +39,107 @@ def agent_rate(settings: Settings, expected: int, log_dir: Path, workers: int) -
         procs = [stack.enter_context(run_worker(settings.model_copy(update={"web_port": free_port()}), log_dir))
                  for _ in range(workers)]
 
-        def consumed() -> float:
-            return sum(worker.metric("explorer_events_in_total") for worker in procs)
+        def done() -> bool:  # every record read, and every rerouted one read again where its user lives
+            metrics = [worker.metrics() for worker in procs]
+            total = sum(m.get("explorer_events_in_total", 0) for m in metrics)
+            out = sum(v for m in metrics for k, v in m.items() if k.startswith("explorer_events_misrouted_total"))
+            back = sum(v for m in metrics for k, v in m.items() if k.startswith("explorer_events_rerouted_in_total"))
+            return total >= expected and back >= out
 
-        wait_until(lambda: consumed() > 0, 120, "the first event")
-        started = time.perf_counter()
-        first = consumed()
-        wait_until(lambda: consumed() >= expected, 600, "all events", poll_s=0.05)
-        elapsed = time.perf_counter() - started
+        wait_until(done, 600, "all events", poll_s=0.25)
         metrics: dict[str, float] = {}
         for worker in procs:
             for name, value in worker.metrics().items():
-                metrics[name] = metrics.get(name, 0.0) + value
+                metrics[name] = max(metrics.get(name, 0.0), value) if name.endswith("_at_seconds") else (
+                    metrics.get(name, 0.0) + value)
+        # The workers' own clocks: from the first batch processed to the last (no polling in the measurement).
+        first_at = min(worker.metric("explorer_ingest_first_batch_at_seconds") for worker in procs)
+        elapsed = metrics["explorer_ingest_last_batch_at_seconds"] - first_at
+        first = sum(worker.metric("explorer_ingest_first_batch_records") for worker in procs)  # before the clock
     return (expected - first) / elapsed, metrics
+
+
+def clusters_dir(root: Path, base: Settings) -> Path:
+    """A data dir holding MovieLens clusters (synthetic items are MovieLens item ids)."""
+    from models.clusters import build_clusters
+
+    data = root / "with-clusters"
+    build_clusters(base.model_copy(update={"data_dir": data}))
+    return data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=None, help="EXPLORER_STREAM_BATCH_SIZE for the agent")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                        help="worker counts to measure, each in its own consumer group (default: 1 2)")
+                        help="worker counts for the full pipeline, each in its own consumer group (default: 1 2)")
+    parser.add_argument("--reroute", action="store_true", help="also measure records that all need the reroute")
     args = parser.parse_args()
 
+    from models.clusters import load_serving
+    from models.knowledge import KnowledgeStore
+
     base = Settings()
-    updates: dict[str, object] = {"interactions_partitions": args.partitions, "web_port": free_port()}
-    if args.batch:
-        updates["stream_batch_size"] = args.batch
+    rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = isolated(base, "ingest", data_dir=Path(tmp) / "data", **updates)
+        root = Path(tmp)
+        counting = clusters_dir(root, base)
+        settings = isolated(base, "ingest", data_dir=root / "plain", interactions_partitions=args.partitions,
+                            web_port=free_port(), recommendations_enabled=False)
         topic = topic_name(settings, INTERACTIONS)
         print(f"publishing {args.events:,} synthetic events to {topic} ({args.partitions} partitions)...")
-        stats = publish_events(settings, synthetic_events(args.events))
-        print(f"  producer: {stats.rate:,.0f} events/s")
+        print(f"  producer: {publish_events(settings, synthetic_events(args.events)).rate:,.0f} events/s")
+
+        def group(name: str, **updates: object) -> Settings:
+            return settings.model_copy(update={"app_id": f"{settings.app_id}-{name}", **updates})
 
         ceiling = plain_consumer_rate(settings, topic, args.events)
-        results = []
+        transport = aiokafka_rate(settings, topic, args.events)
+        clusters = load_serving(base.model_copy(update={"data_dir": counting}))
+        same = group("same", data_dir=root / "same")
+        shutil.copytree(counting / "clusters", root / "same" / "clusters")
+        changelog = f"{same.app_id}-baseline-changelog"
+        create_topics(same, specs=[TopicSpec("baseline-changelog", changelog, args.partitions, 1, {})])
+        knowledge = KnowledgeStore.from_settings(same, clusters.version)
+        no_framework = same_work_rate(same, topic, args.events, clusters.cluster_of, changelog,
+                                      topic_name(same, INTERACTIONS_DLQ), knowledge)
+        validate_only, _ = agent_rate(group("validate"), args.events, root, 1)
+        full: dict[int, tuple[float, dict[str, float]]] = {}
         for count in args.workers:
-            group = settings.model_copy(update={"app_id": f"{settings.app_id}-w{count}"})
-            results.append((count, *agent_rate(group, args.events, Path(tmp), count)))
+            full[count] = agent_rate(group(f"full{count}", data_dir=counting), args.events, root, count)
+        rerouted = None
+        if args.reroute:
+            random_settings = isolated(base, "ingest-random", data_dir=counting,
+                                       interactions_partitions=args.partitions, web_port=free_port(),
+                                       recommendations_enabled=False)
+            publish_events(random_settings, synthetic_events(args.events), partitioner="random")
+            rerouted = agent_rate(random_settings, args.events, root, 1)
 
-    print("\ningest benchmark (same topic, same run)")
-    rows = [("plain confluent-kafka consumer (ceiling)", f"{ceiling:,.0f} events/s")]
-    for count, rate, metrics in results:
+    rows += [
+        ("plain confluent-kafka consumer, does nothing (ceiling)", f"{ceiling:,.0f} events/s"),
+        ("plain aiokafka getmany loop (Faust's transport)", f"{transport:,.0f} events/s"),
+        ("same work without Faust, one process (baseline)", f"{no_framework:,.0f} events/s"),
+        ("Faust worker, validation only", f"{validate_only:,.0f} events/s"),
+        ("  / ceiling", f"{validate_only / ceiling:.3f}  (target >= 0.1)"),
+    ]
+    for count, (rate, metrics) in full.items():
         rejected = sum(v for k, v in metrics.items() if k.startswith("explorer_events_rejected_total"))
         rows += [
-            (f"Faust validation agent, {count} worker(s)", f"{rate:,.0f} events/s"),
-            ("  ratio to ceiling", f"{rate / ceiling:.3f}  (target >= 0.2)"),
+            (f"Faust worker, full pipeline, {count} worker(s)", f"{rate:,.0f} events/s"),
+            ("  / same work without Faust", f"{rate / no_framework:.2f}  (target >= 0.5)"),
+            ("  / aiokafka loop", f"{rate / transport:.3f}"),
             ("  valid / rejected", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}"),
         ]
+    if rerouted is not None:
+        rate, metrics = rerouted
+        one = full[min(full)][0]
+        rows += [
+            ("Faust worker, full pipeline, every record from librdkafka's random partitioner", f"{rate:,.0f} events/s"),
+            ("  rerouted records", f"{metrics.get('explorer_events_misrouted_total{topic=' + topic_name(random_settings, INTERACTIONS) + '}', 0):,.0f}"),
+            ("  / the same with murmur2 (cost of the reroute)", f"{rate / one:.2f}"),
+        ]
+    print("\ningest benchmark (same events, same run)")
     print_table(rows)
 
 

@@ -71,6 +71,29 @@ class AllCounts:
             row[cluster] = row.get(cluster, 0) + n
 
 
+    def add_ref(self, ref: tuple, n: int) -> None:
+        """Add ``n`` to the count a parsed ref stands for (models/transitions.CountRef): no string parsing."""
+        kind = ref[0]
+        if kind == "t":
+            row = self.total.get(ref[1])
+            if row is None:
+                row = self.total[ref[1]] = {}
+            row[ref[2]] = row.get(ref[2], 0) + n
+        elif kind == "d":
+            bucket = self.daily.get(ref[1])
+            if bucket is None:
+                bucket = self.daily[ref[1]] = {}
+            row = bucket.get(ref[2])
+            if row is None:
+                row = bucket[ref[2]] = {}
+            row[ref[3]] = row.get(ref[3], 0) + n
+        else:
+            row = self.trends.get(ref[1])
+            if row is None:
+                row = self.trends[ref[1]] = {}
+            row[ref[2]] = row.get(ref[2], 0) + n
+
+
 def is_count_key(key: str) -> bool:
     return key[:2] in (TOTAL_PREFIX, DAILY_PREFIX, TREND_PREFIX)
 

@@ -43,13 +43,14 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.counts import META_KEY, USER_PREFIX, AllCounts, Pair, is_count_key, pair_of_key
+from models.counts import META_KEY, USER_PREFIX, AllCounts, Pair, is_count_key
 from models.transitions import (
     APPLIED,
     DUPLICATE,
     NOT_POSITIVE,
     TOO_LATE,
     UNKNOWN_ITEM,
+    Delta,
     check_cluster_id,
     engagement_step,
 )
@@ -135,7 +136,9 @@ class PartitionState:
                 if current is None or current["s"] < self.seq:
                     value = {"n": (current["n"] if current else 0) + delta, "s": self.seq}
                     self.store[key] = value
-                    self._resolved[key] = value
+                    # A copy: the store's value changes in place with the next batch, but these writes must
+                    # carry exactly the finished batch (they go out before the next batch's meta key).
+                    self._resolved[key] = dict(value)
         counts = AllCounts()
         for key, value in self.store.items():
             if is_count_key(key):
@@ -204,7 +207,8 @@ class PartitionState:
             store[META_KEY] = meta
             writes.append((META_KEY, meta))
             for user_key, deltas in self._batch_users.items():
-                record = store[user_key] = {**store[user_key], "pend": [seq, deltas]}
+                record = store[user_key]
+                record["pend"] = [seq, deltas]
                 writes.append((user_key, record))
             writes.extend((key, store[key]) for key in self._batch_counts)  # already tagged with seq
             self.seq = seq
@@ -245,22 +249,22 @@ class PartitionState:
                     return DUPLICATE, ""
                 kind = APPLIED
         # Everything is computed: from here on the event is applied whole (nothing below raises on valid input).
-        items = [i for i in (user["i"] if user else ()) if i != event.item_id]  # a re-engagement moves up
-        items.append(event.item_id)
-        positives = (user["n"] if user else 0) + positive
-        record: dict[str, Any] = {"o": {**offsets, sourced.source: sourced.offset}}
+        # Values are changed in place: the changelog gets them encoded at the batch's end (finish()).
+        if user is None:
+            user = store[user_key] = {"o": {}, "h": [], "p": [], "t": [], "f": None, "i": [], "n": 0}
+        user["o"][sourced.source] = sourced.offset
         if step is not None:
-            record.update(step.state)  # type: ignore[arg-type]
-        elif user is not None:
-            record.update(h=user["h"], p=user["p"], t=user["t"], f=user["f"])
-        else:
-            record.update(h=[], p=[], t=[], f=None)
-        record["i"] = items[-self.items_kept:]
-        record["n"] = positives
-        if user is not None and "pend" in user:
-            record["pend"] = user["pend"]
-        store[user_key] = record
-        user_deltas = self._batch_users.setdefault(user_key, {})
+            user.update(step.state)  # type: ignore[arg-type]
+        items: list[str] = user["i"]
+        if event.item_id in items:  # a re-engagement moves up
+            items.remove(event.item_id)
+        items.append(event.item_id)
+        if len(items) > self.items_kept:
+            del items[: len(items) - self.items_kept]
+        positives = user["n"] = user["n"] + positive
+        user_deltas = self._batch_users.get(user_key)
+        if user_deltas is None:
+            user_deltas = self._batch_users[user_key] = {}
         if step is not None:
             self._commit_deltas(step.deltas, user_deltas)
             self.stats.retractions += step.retractions
@@ -276,18 +280,22 @@ class PartitionState:
             self.stats.unknown_item += 1
         return kind, ""
 
-    def _commit_deltas(self, deltas: list[tuple[str, int]], user_deltas: dict[str, int]) -> None:
+    def _commit_deltas(self, deltas: list[Delta], user_deltas: dict[str, int]) -> None:
         store = self.store
         seq = self.seq + 1
         counts = self.counts
-        for key, delta in deltas:
+        touched = self._batch_counts
+        for key, delta, ref in deltas:
             current = store.get(key)
-            store[key] = {"n": (current["n"] if current else 0) + delta, "s": seq}
-            self._batch_counts.add(key)
+            if current is None:
+                store[key] = {"n": delta, "s": seq}
+            else:
+                current["n"] += delta
+                current["s"] = seq
+            touched.add(key)
             user_deltas[key] = user_deltas.get(key, 0) + delta
-            counts.add_key(key, delta)
-            pair = pair_of_key(key)
-            if pair is None:
+            counts.add_ref(ref, delta)
+            if ref[0] == "r":
                 self.trends_changed = True
             else:
-                self.changed_pairs.add(pair)
+                self.changed_pairs.add(ref[1] if ref[0] == "t" else ref[2])

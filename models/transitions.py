@@ -40,14 +40,20 @@ APPLIED, DUPLICATE, TOO_LATE = "applied", "duplicate", "too_late"
 NOT_POSITIVE, UNKNOWN_ITEM = "not_positive", "unknown_item"
 
 
+# What a count key stands for, parsed once where the delta is made (the count index needs no string parsing):
+# ("t", (c1, c2), c3) | ("d", day, (c1, c2), c3) | ("r", day, cluster)
+CountRef = tuple
+Delta = tuple[str, int, CountRef]  # (count key, delta, what the key stands for)
+
+
 @dataclass(slots=True)
 class Step:
     """What one positive engagement does to its user: the outcome, the user's new transition state (None when
-    nothing changes) and the count deltas ``[(count key, delta)]`` it implies."""
+    nothing changes) and the count deltas ``[(count key, delta, ref)]`` it implies."""
 
     outcome: str
     state: dict[str, Any] | None = None
-    deltas: list[tuple[str, int]] = field(default_factory=list)
+    deltas: list[Delta] = field(default_factory=list)
     retractions: int = 0
     reason: str = ""
 
@@ -66,7 +72,8 @@ def engagement_step(state: Mapping[str, Any] | None, ts: float, event_id: str, c
     """The effect of a positive engagement of ``cluster`` at ``(ts, event_id)`` on a user in ``state`` (None: a
     user without positive engagements yet). Pure: ``state`` is never modified."""
     entry = [ts, event_id, cluster]
-    trend = (f"{TREND_PREFIX}{day_of(ts)}:{cluster}", 1)
+    day = day_of(ts)
+    trend = (f"{TREND_PREFIX}{day}:{cluster}", 1, ("r", day, cluster))
     if state is None or not state["h"]:  # the user's first positive engagement (h is never empty after it)
         return Step(APPLIED, {"h": [entry], "p": [], "t": [cluster], "f": None}, [trend])
     history: list[list[Any]] = state["h"]
@@ -130,7 +137,7 @@ def _triples(prefix: list[str], history: list[list[Any]]) -> tuple[Counter[tuple
 
 
 def _append(state: Mapping[str, Any], history: list[list[Any]], entry: list[Any], lateness: float,
-            max_entries: int, trend: tuple[str, int]) -> Step:
+            max_entries: int, trend: Delta) -> Step:
     """The in-order fast path: at most one new transition, then prune the history to the new horizon."""
     ts, _eid, cluster = entry
     tail: list[str] = state["t"]
@@ -139,9 +146,11 @@ def _append(state: Mapping[str, Any], history: list[list[Any]], entry: list[Any]
         new_tail = tail
     else:
         if len(tail) == 2 and tail[0] != cluster:
+            pair = (tail[0], tail[1])
             triple = f"{tail[0]}{SEP}{tail[1]}{SEP}{cluster}"
-            deltas.append((TOTAL_PREFIX + triple, 1))
-            deltas.append((f"{DAILY_PREFIX}{day_of(ts)}:{triple}", 1))
+            day = trend[2][1]
+            deltas.append((TOTAL_PREFIX + triple, 1, ("t", pair, cluster)))
+            deltas.append((f"{DAILY_PREFIX}{day}:{triple}", 1, ("d", day, pair, cluster)))
         new_tail = [tail[-1], cluster] if tail else [cluster]
     horizon = ts - lateness
     n = len(history)
@@ -163,7 +172,7 @@ def _append(state: Mapping[str, Any], history: list[list[Any]], entry: list[Any]
 
 
 def _insert(state: Mapping[str, Any], history: list[list[Any]], position: int, entry: list[Any],
-            trend: tuple[str, int]) -> Step:
+            trend: Delta) -> Step:
     """A late event inside the horizon: diff the transitions around the insert point before and after it.
 
     Let r0 be the run holding the entry before the insert point, R1 the run holding the entry after it (R1 is r0
@@ -197,18 +206,18 @@ def _insert(state: Mapping[str, Any], history: list[list[Any]], position: int, e
     window.extend(history[position:hi])
     after, window_tail = _triples(context, window)
     after.subtract(before)
-    deltas: list[tuple[str, int]] = []
-    total: Counter[str] = Counter()
+    deltas: list[Delta] = []
+    total: Counter[tuple[str, str, str]] = Counter()
     retractions = 0
     for (c1, c2, c3, day), delta in after.items():
         if not delta:
             continue
         if delta < 0:
             retractions -= delta
-        triple = f"{c1}{SEP}{c2}{SEP}{c3}"
-        total[triple] += delta
-        deltas.append((f"{DAILY_PREFIX}{day}:{triple}", delta))
-    deltas.extend((TOTAL_PREFIX + triple, delta) for triple, delta in total.items() if delta)
+        total[(c1, c2, c3)] += delta
+        deltas.append((f"{DAILY_PREFIX}{day}:{c1}{SEP}{c2}{SEP}{c3}", delta, ("d", day, (c1, c2), c3)))
+    deltas.extend((f"{TOTAL_PREFIX}{c1}{SEP}{c2}{SEP}{c3}", delta, ("t", (c1, c2), c3))
+                  for (c1, c2, c3), delta in total.items() if delta)
     deltas.append(trend)
     new_history = history[:position]
     new_history.append(entry)

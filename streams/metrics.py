@@ -25,7 +25,7 @@ class Metrics:
             registry=r,
         )
         self.event_latency = Histogram(
-            "explorer_event_latency_seconds", "Broker append time to processed, per event",
+            "explorer_event_latency_seconds", "Broker append time to processed, of each batch's oldest record",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.batch_seconds = Histogram(
@@ -33,6 +33,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+        self.ingest_first_batch_at = Gauge(
+            "explorer_ingest_first_batch_at_seconds", "Wall time the first interactions batch was processed",
+            registry=r,
+        )
+        self.ingest_first_batch_records = Gauge(
+            "explorer_ingest_first_batch_records", "Records in the first interactions batch", registry=r,
+        )
+        self.ingest_last_batch_at = Gauge(
+            "explorer_ingest_last_batch_at_seconds", "Wall time the latest interactions batch was processed",
+            registry=r,
+        )
         self.events_misrouted = Counter(
             "explorer_events_misrouted", "Records that arrived on a partition other than their user's (the producer "
             "does not partition by murmur2) and were rerouted through the repartition topic", ["topic"], registry=r,

@@ -48,7 +48,7 @@ class RateLimiter:
         self._next = max(self._next, now) + self._interval
 
 
-def make_producer(settings: Settings):  # -> confluent_kafka.Producer
+def make_producer(settings: Settings, partitioner: str = "murmur2_random"):  # -> confluent_kafka.Producer
     from confluent_kafka import Producer
 
     from streams.kafka_config import confluent_config
@@ -58,9 +58,9 @@ def make_producer(settings: Settings):  # -> confluent_kafka.Producer
         settings,
         **{
             "enable.idempotence": True,
-            # The Java client's (and aiokafka's) default: a user's events land on the same partition whichever
-            # client produced them, which per-user state depends on.
-            "partitioner": "murmur2_random",
+            # murmur2, the Java client's (and aiokafka's) default, puts a user's events straight on the partition
+            # that holds the user's state; any other partitioner works too, at the cost of a reroute (agents/routing.py).
+            "partitioner": partitioner,
             "acks": "all",
             "linger.ms": 10,
             "batch.num.messages": 10_000,
@@ -77,11 +77,12 @@ def publish_events(
     on_progress: Callable[[int], None] | None = None,
     topic: str | None = None,
     flush_timeout_s: float = 60.0,
+    partitioner: str = "murmur2_random",
 ) -> ReplayStats:
     """Send events keyed by user_id; waits for every delivery report and raises if any failed."""
     from confluent_kafka import KafkaError
 
-    producer = make_producer(settings)
+    producer = make_producer(settings, partitioner)
     target = topic or topic_name(settings, INTERACTIONS)
     stats = ReplayStats()
     limiter = RateLimiter(rate)

@@ -66,7 +66,7 @@ def consumer() -> Iterator[BatchingConsumer]:
 
 
 def batch(first: int, last: int, generation: int = 1) -> RecordBatch:
-    records = [SourceRecord(TOPIC, 0, o, 1.0, b"k", b"v", None) for o in range(first, last + 1)]
+    records = [SourceRecord(TOPIC, 0, o, 1_000, b"k", b"v", None) for o in range(first, last + 1)]
     return RecordBatch(P0, records, generation)
 
 

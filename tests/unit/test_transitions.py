@@ -544,3 +544,31 @@ def test_without_crashes_exactly_the_too_late_events_are_dead_lettered(scenario)
     seen: set[str] = set()
     resent = {e.event_id for e in sends[DIRECT] if e.event_id in seen or seen.add(e.event_id)}
     assert rejected <= set(too_late) <= rejected | resent
+
+
+def test_writes_finishing_a_recovered_batch_carry_that_batch_only_when_the_next_one_touches_the_same_keys():
+    # Batch 1: two users make the same transition. A crash keeps its meta and user u1 only; recovery finishes u1's
+    # share. Batch 2 then changes that very count key; a crash right after the finishing writes (before batch 2's
+    # meta) must leave u1's share alone in the key, not batch 2's too.
+    config = settings()
+    u1 = seq("ABC", user="u1", prefix="a")
+    u2 = seq("ABC", user="u2", prefix="b")
+    batch1 = [SourcedEvent(e, 0, o) for o, e in enumerate(u1 + u2)]
+    first = new_state(config=config)
+    log = Changelog()
+    log.write(first.apply_batch(batch1).writes)
+    meta_and_u1 = 2  # meta first, then the user records (u1, u2), then the counts
+    state = new_state(log.recovered(meta_and_u1), config)
+    assert read_counts([state.store]).total == {("A", "B"): {"C": 1}}  # u1's share, finished by recover()
+    later = [ev("c2", "D", T0 + 1_000, "u3"), ev("c3", "A", T0 + 1_001, "u3"), ev("c4", "B", T0 + 1_002, "u3"),
+             ev("c5", "C", T0 + 1_003, "u3")]
+    writes = state.apply_batch([SourcedEvent(e, 0, 6 + o) for o, e in enumerate(later)]).writes
+    finishing = [w for w in writes[: writes.index(next(w for w in writes if w[0] == "m:"))]]
+    assert finishing, "recover() left writes that finish batch 1"
+    crashed = Changelog()
+    crashed.log = log.log[:meta_and_u1]
+    crashed.write(finishing)
+    again = new_state(crashed.recovered(), config)
+    for offset, event in enumerate(u1 + u2 + later):
+        again.apply(SourcedEvent(event, 0, offset))
+    assert read_counts([again.store]) == reference_counts(u1 + u2 + later, cluster_of, config)

@@ -107,3 +107,28 @@ def test_mutated_fields_give_a_valid_event_or_a_known_reason(field, replacement)
                    ("event_id", "user_id", "item_id", "event_type"))
         assert math.isfinite(result.ts)
         assert result.value is None or math.isfinite(result.value)
+
+
+def _field_values():
+    from hypothesis import strategies as st
+
+    return st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                     st.text(max_size=3), st.just(" "), st.just("u1"), st.text(min_size=257, max_size=258),
+                     st.floats(min_value=631_152_000.0, max_value=1.7e9))
+
+
+def test_the_fast_path_decides_exactly_as_the_field_by_field_checks():
+    from hypothesis import given, settings as hsettings, strategies as st
+
+    from streams.settings import Settings
+    from streams.validation import EventValidator
+
+    validator = EventValidator(Settings(), clock=lambda: 1.7e9)
+    names = ("event_id", "user_id", "item_id", "ts", "event_type", "value")
+
+    @hsettings(max_examples=800, deadline=None)
+    @given(st.dictionaries(st.sampled_from(names), _field_values(), min_size=4), st.sampled_from([b"u1", None, b"x"]))
+    def check(obj, key):
+        assert validator._check_fields(key, obj) == validator._explain(key, obj)
+
+    check()

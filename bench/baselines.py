@@ -1,0 +1,144 @@
+"""Baselines for the ingest and transitions benchmarks: the same topic read without Faust.
+
+* `plain_consumer_rate` -- librdkafka reading and touching each value: what the broker and the client can deliver;
+* `aiokafka_rate` -- aiokafka's `getmany` loop (the transport Faust runs on) touching each value;
+* `same_work_rate` -- ONE process doing the worker's work without any framework: librdkafka consumer, orjson
+  decode and validation (streams/validation.py), the partition state (transitions, trends, recent items:
+  models/partition_state.py), dead letters and the changelog writes produced and delivered before each commit, and
+  (when a knowledge store is given) the LanceDB sync every 0.5 s from one thread -- the honest yardstick for the
+  Faust worker's full pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from streams.kafka_config import confluent_config
+from streams.settings import Settings
+
+
+def plain_consumer_rate(settings: Settings, topic: str, expected: int) -> float:
+    """The ceiling: librdkafka consuming the topic, doing nothing per message but touching its value."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(confluent_config(settings, **{
+        "group.id": f"{settings.app_id}-ceiling", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "fetch.min.bytes": 1, "queued.min.messages": 200_000,
+    }))
+    consumer.subscribe([topic])
+    seen = 0
+    started = None
+    while seen < expected:
+        batch = consumer.consume(num_messages=10_000, timeout=1.0)
+        if batch and started is None:
+            started = time.perf_counter()  # measure reading, not the group join before the first fetch
+        for message in batch:
+            if message.error() is None:
+                message.value()
+                seen += 1
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return seen / elapsed
+
+
+def aiokafka_rate(settings: Settings, topic: str, expected: int) -> float:
+    """aiokafka's own ceiling: a `getmany` loop touching every value (no Faust)."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
+                                    group_id=f"{settings.app_id}-aiokafka", auto_offset_reset="earliest",
+                                    enable_auto_commit=False, max_poll_records=settings.stream_batch_size)
+        await consumer.start()
+        seen, started = 0, None
+        try:
+            while seen < expected:
+                records = await consumer.getmany(timeout_ms=1000)
+                if records and started is None:
+                    started = time.perf_counter()
+                for batch in records.values():
+                    for record in batch:
+                        record.value  # noqa: B018 -- touch it, as the other readers do
+                    seen += len(batch)
+        finally:
+            await consumer.stop()
+        return seen / (time.perf_counter() - (started or time.perf_counter()))
+
+    return asyncio.run(run())
+
+
+def same_work_rate(settings: Settings, topic: str, expected: int, cluster_of: Callable[[str], str | None],
+                   changelog_topic: str, dlq_topic: str, knowledge: Any | None = None) -> float:
+    """Events/s of the worker's work done in one plain loop (see the module docstring)."""
+    from confluent_kafka import Consumer, Producer
+
+    from agents.state import StateTable
+    from models.partition_state import PartitionState
+    from streams.dead_letters import dead_letter
+    from streams.records import SourcedEvent
+    from streams.validation import EventValidator, Rejection
+
+    consumer = Consumer(confluent_config(settings, **{
+        "group.id": f"{settings.app_id}-same-work", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "queued.min.messages": 200_000,
+    }))
+    producer = Producer(confluent_config(settings, **{"linger.ms": 5, "enable.idempotence": True,
+                                                      "batch.num.messages": 10_000, "acks": "all"}))
+    validator = EventValidator(settings)
+    states: dict[int, PartitionState] = {}
+    executor = ThreadPoolExecutor(max_workers=1)
+    consumer.subscribe([topic])
+    seen, started, last_sync, last_commit = 0, None, 0.0, 0.0
+    pending_sync = None
+    while seen < expected:
+        messages = consumer.consume(num_messages=settings.stream_batch_size, timeout=1.0)
+        if not messages:
+            continue
+        if started is None:
+            started = time.perf_counter()
+        by_partition: dict[int, list] = {}
+        for message in messages:
+            if message.error() is None:
+                by_partition.setdefault(message.partition(), []).append(message)
+        for partition, batch in by_partition.items():
+            state = states.get(partition)
+            if state is None:
+                state = states[partition] = PartitionState({}, cluster_of, settings)
+                state.recover()
+            valid = []
+            for message in batch:
+                result = validator.validate(message.key(), message.value())
+                if isinstance(result, Rejection):
+                    producer.produce(dlq_topic, key=message.key(), value=dead_letter(
+                        topic, partition, message.offset(), message.value(), str(result),
+                        settings.dead_letter_max_raw_bytes))
+                else:
+                    valid.append(SourcedEvent(result, partition, message.offset()))
+            applied = state.apply_batch(valid)
+            for key, value in StateTable.encode(partition, applied.writes):
+                producer.produce(changelog_topic, key=key, value=value, partition=partition)
+            producer.poll(0)
+            seen += len(batch)
+        if knowledge is not None and time.perf_counter() - last_sync >= 0.5 and (
+                pending_sync is None or pending_sync.done()):
+            last_sync = time.perf_counter()
+            updates = []
+            for partition, state in states.items():
+                if state.changed_pairs or state.trends_changed:
+                    pairs, state.changed_pairs, state.trends_changed = state.changed_pairs, set(), False
+                    updates.append(knowledge.prepare(partition, state.counts, state.watermark, pairs))
+            pending_sync = executor.submit(lambda ups=updates: [knowledge.write(u) for u in ups])
+        if time.perf_counter() - last_commit >= 0.5 or seen >= expected:
+            producer.flush(30)  # delivered before the commit, as the worker acks only delivered batches
+            consumer.commit(asynchronous=True)
+            last_commit = time.perf_counter()
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    if pending_sync is not None:
+        pending_sync.result()
+    consumer.close()
+    executor.shutdown()
+    return seen / elapsed
