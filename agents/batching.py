@@ -18,6 +18,8 @@ Overridden Faust code (pinned by tests/unit/test_batching.py, which fails when a
   fetched but never acked (an agent that crashed on it) was then committed past and lost. Here a partition's
   committable offset never passes its first unacked record: the head of the acked run must be the committed offset
   (or, before the first commit, the first offset fetched after the last seek).
+* `Consumer._wait_next_records` -- records already fetched for the app's latency topics (recommendation
+  requests) are taken before any others, so a request does not wait behind a prefetched backlog of interactions;
 * the producer is idempotent (`enable_idempotence`): a changelog batch that failed for good can never be followed
   by a later one of the same partition, so a recovered table is always a prefix of what was written.
 """
@@ -103,7 +105,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                records, active_partitions = await self._wait_next_records(1.0)
+                records, active_partitions = await self._next_records(1.0)
                 await self.sleep(0)
                 if records is None or self.should_stop:
                     continue
@@ -154,6 +156,27 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+        """Faust's `_wait_next_records`, with the app's latency topics served first: records already fetched for
+        them are taken before any others, so a request never waits behind a prefetched backlog of interactions."""
+        urgent_topics: frozenset[str] = getattr(self.app, "latency_topics", frozenset())
+        if not urgent_topics or not self.flow_active or self.app.client_only:
+            return await self._wait_next_records(timeout)
+        try:
+            self.not_waiting_next_records.set()
+            active = self._get_active_partitions()
+            if not active:
+                await self.sleep(1)
+                return {}, active
+            urgent = {tp for tp in active if tp.topic in urgent_topics}
+            if urgent:
+                records = await self._getmany(active_partitions=urgent, timeout=0)
+                if records:
+                    return records, active
+            return await self._getmany(active_partitions=active, timeout=timeout), active
+        finally:
+            self.not_waiting_next_records.set()
 
     def _fresh(self, tp: TP, records: list[Any]) -> list[Any]:
         """The records not delivered yet: after the last one delivered, or from the position of the last seek."""
@@ -287,9 +310,13 @@ class ExplorerApp(faust.App):
     """faust.App with the batching transport; `batch_topics` names the topics whose agents take RecordBatches."""
 
     batch_topics: frozenset[str] = frozenset()
+    latency_topics: frozenset[str] = frozenset()  # fetched records of these are taken first
 
     def use_batches_for(self, topics: Iterable[str]) -> None:
         self.batch_topics = frozenset(self.batch_topics | set(topics))
+
+    def serve_first(self, topics: Iterable[str]) -> None:
+        self.latency_topics = frozenset(self.latency_topics | set(topics))
 
     def _new_transport(self) -> BatchingTransport:
         return BatchingTransport(self.conf.broker_consumer, self, loop=self.loop)

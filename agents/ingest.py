@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.batching import RecordBatch, SourceRecord, keep_queued_events_on_resume
+from agents.health import Priority
 from agents.outbox import Outbox, OutboxUnit
 from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
 from models.partition_state import DIRECT, REROUTED, BatchResult, PartitionState
@@ -38,12 +39,16 @@ if TYPE_CHECKING:
     import faust
 
     from agents.acks import Acker
-    from agents.health import Health
+    from agents.health import Health, Priority
     from agents.state import StateTable
     from streams.metrics import Metrics
     from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Records per slice of a batch: the agent yields the event loop between slices (~5 ms each), so requests sharing
+# the worker wait at most that long behind a large batch of interactions.
+YIELD_EVERY = 250
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,11 @@ class IngestTopics:
 class IngestAgent:
     def __init__(self, settings: Settings, topics: IngestTopics, states: StateTable | None, outbox: Outbox,
                  acker: Acker, metrics: Metrics, health: Health,
-                 partitions_for: Callable[[str], Awaitable[int]], clock: Callable[[], float] = time.time) -> None:
+                 partitions_for: Callable[[str], Awaitable[int]], clock: Callable[[], float] = time.time,
+                 priority: Priority | None = None) -> None:
         self.settings = settings
         self.topics = topics
+        self.priority = priority or Priority()
         self.states = states
         self.outbox = outbox
         self.acker = acker
@@ -102,7 +109,9 @@ class IngestAgent:
         # batch, not per record: a histogram observation costs more than validating an event).
         metrics.event_latency.observe(max(0.0, self.clock() - batch.records[0].timestamp / 1000))
         validate = self.validator.validate
-        for record in batch.records:
+        for count, record in enumerate(batch.records, 1):
+            if count % YIELD_EVERY == 0:
+                await self.priority.yield_to_requests()  # requests are answered between slices of a batch
             result = validate(record.key, record.value)
             if isinstance(result, Rejection):
                 metrics.events_rejected.labels(result.code).inc()
@@ -158,9 +167,12 @@ class IngestAgent:
         result = BatchResult()
         rest, attempts = events, 0
         while rest:
-            done, error = state.apply_events(rest, result)
+            done, error = state.apply_events(rest[:YIELD_EVERY], result)
             if error is None:
-                break
+                rest = rest[done:]
+                if rest:
+                    await self.priority.yield_to_requests()  # a slice at a time: requests go in between
+                continue
             rest = rest[done:]
             attempts += 1
             self.metrics.processing_retries.inc()

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from models.pair_table import Pair, PairPrediction, all_pairs, fingerprint, infer, pair_owner
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING
@@ -206,10 +206,10 @@ class ModelWatcher:
 
 
 def attach(app: faust.App, refresher: PairRefresher, watcher: ModelWatcher, serving: Serving,
-           watch_interval_s: float) -> None:
+           watch_interval_s: float, *before_serving: Callable[[], Any]) -> None:
     @app.task
     async def load_serving() -> None:
-        await serving.start()
+        await serving.start(*before_serving)
 
     @app.task
     async def refresh_pairs() -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.batching import RecordBatch, SourceRecord, keep_queued_events_on_resume
+from agents.health import Priority
 from agents.outbox import Outbox, OutboxUnit
 from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
 from models.pair_table import infer
@@ -160,10 +161,12 @@ class RequestHandler:
 class RecommenderAgent:
     def __init__(self, settings: Settings, topics: RequestTopics, handler: RequestHandler, responses: Responses,
                  outbox: Outbox, ack: Callable[[RecordBatch], Any], metrics: Metrics, health: Health,
-                 partitions_for: Callable[[str], Awaitable[int]], clock: Callable[[], float] = time.time) -> None:
+                 partitions_for: Callable[[str], Awaitable[int]], clock: Callable[[], float] = time.time,
+                 priority: Priority | None = None) -> None:
         self.settings = settings
         self.topics = topics
         self.handler = handler
+        self.priority = priority or Priority()
         self.responses = responses
         self.outbox = outbox
         self.ack = ack
@@ -181,7 +184,9 @@ class RecommenderAgent:
     async def handle(self, batch: RecordBatch) -> None:
         """Start the batch's requests and return; the batch is acked when all of them are delivered."""
         await self._batches.acquire()
+        self.priority.enter()  # bulk work on the loop waits (a little) while requests are answered
         task = asyncio.get_running_loop().create_task(self._batch(batch))
+        task.add_done_callback(lambda _: self.priority.leave())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

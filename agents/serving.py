@@ -126,8 +126,12 @@ class Serving:
         if self.requests_waiting_for_llm == 0:
             self.llm_free_for_refresh.set()
 
-    async def start(self) -> None:
+    async def start(self, *first: Callable[[], Any]) -> None:
+        """Load the stores and models (after awaiting each of `first`, e.g. starting the answers' producer)."""
         from models.sequence import SequenceModelNotTrained
+
+        for step in first:
+            await step()
 
         self.knowledge = await self.io(self.loaders.knowledge)
         self.pairs = await self.io(self.loaders.pairs)

@@ -9,7 +9,7 @@ pair table's bulk throughput.
    serves request-time misses; requests are sent one at a time (each latency is the system's, not a queue's):
    users whose pair is in the table (hits), then one user per pair not in it (LLM misses).
 
-    python -m bench.recommend_latency [--ratings 20000] [--hits 200]
+    python -m bench.recommend_latency [--ratings 20000] [--hits 200] [--under-replay 300000]
 
 Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`). Prints p50/p95/p99 per source.
 """
@@ -69,6 +69,11 @@ def main() -> None:
     parser.add_argument("--ratings", type=int, default=20_000)
     parser.add_argument("--hits", type=int, default=200, help="table-hit requests")
     parser.add_argument("--misses", type=int, default=40, help="LLM-miss requests (distinct pairs)")
+    parser.add_argument("--under-replay", type=int, default=0, metavar="EVENTS",
+                        help="time the table hits again while EVENTS synthetic interactions are published at full "
+                             "speed (the worker ingesting meanwhile)")
+    parser.add_argument("--replay-rate", type=float, default=None,
+                        help="events/s of that replay (default: as fast as the producer goes)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,13 +113,32 @@ def main() -> None:
             timed_requests(settings, hit_users[:5])  # warm-up: connections, first forward pass
             hits = timed_requests(settings, hit_users)
             misses = timed_requests(settings, miss_users)
+            loaded = None
+            if args.under_replay:
+                import threading
+
+                from streams.loadgen import synthetic_events
+
+                replay = threading.Thread(target=publish_events, args=(settings, synthetic_events(
+                    args.under_replay, users=5_000, seed=99, start_ts=893_300_000.0, user_prefix="load-")),
+                    kwargs={"rate": args.replay_rate}, daemon=True)
+                replay.start()
+                wait_until(lambda: worker.metric("explorer_events_in_total") > args.ratings + 1_000, 60,
+                           "the worker to ingest the replay")
+                loaded = timed_requests(settings, hit_users)
+                ingested = worker.metric("explorer_events_in_total") - args.ratings
+                replay.join()
 
     print(f"\nrecommendation latency, {args.ratings:,} ratings replayed, clusters {clusters.version}, "
           f"LLM {settings.llm_threads} thread(s)")
     rows = [("bulk pair table", f"{report.pairs} pairs in {report.seconds:.1f}s = {report.pairs_per_s:.2f} pairs/s "
              f"({report.mean_inference_ms:.0f} ms per pair); all {len(all_pairs(clusters))} pairs would take "
              f"~{len(all_pairs(clusters)) / max(report.pairs_per_s, 1e-9):.0f}s")]
-    for name, results in (("table hits", hits), ("LLM misses", misses)):
+    runs = [("table hits", hits), ("LLM misses", misses)]
+    if loaded is not None:
+        pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
+        runs.append((f"table hits during a replay at {pace} ({ingested:,.0f} events ingested meanwhile)", loaded))
+    for name, results in runs:
         latencies = [ms for _, ms in results]
         sources = {s: sum(1 for src, _ in results if src == s) for s in ("table", "llm", "fallback")}
         rows.append((name, f"n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, p95 "

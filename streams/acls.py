@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from streams.kafka_check import CREATE, READ, WRITE, Access
+
+DESCRIBE_CONFIGS = "DESCRIBE_CONFIGS"  # read-only: lets the worker check topic size limits at start-up
+_KAFKA_ACLS_OPERATION = {READ: "Read", WRITE: "Write", CREATE: "Create", DESCRIBE_CONFIGS: "DescribeConfigs"}
 from streams.settings import Settings
 from streams.topics import (
     INTERACTIONS,
@@ -41,7 +44,7 @@ ROLE_HELP = {
 class Grant:
     resource: Literal["topic", "group"]
     name: str
-    operation: str  # READ, WRITE, CREATE (each implies DESCRIBE)
+    operation: str  # READ, WRITE, CREATE (each implies DESCRIBE), DESCRIBE_CONFIGS
     prefixed: bool = False
 
 
@@ -59,6 +62,10 @@ def role_grants(settings: Settings, role: Role) -> list[Grant]:
         # the app id is the prefix of its consumer group(s), of every topic Faust creates for its tables and of
         # the worker's repartition topics
         grants += [Grant("topic", settings.app_id, op, prefixed=True) for op in (CREATE, READ, WRITE)]
+        # the start-up size check (streams/limits.py) reads max.message.bytes of the topics it forwards records to
+        grants += [Grant("topic", topic, DESCRIBE_CONFIGS) for topic in
+                   (name(INTERACTIONS), name(RECOMMENDATION_REQUESTS), name(INTERACTIONS_DLQ))]
+        grants.append(Grant("topic", settings.app_id, DESCRIBE_CONFIGS, prefixed=True))
         grants.append(Grant("group", settings.app_id, READ, prefixed=True))
         return grants
     if role == "producer":
@@ -125,7 +132,7 @@ def kafka_acls_commands(grants: Iterable[Grant], principal: str, bootstrap: str)
     for grant in sorted(grants):
         pattern = " --resource-pattern-type prefixed" if grant.prefixed else ""
         lines.append(f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config admin.properties --add "
-                     f"--allow-principal {principal} --operation {grant.operation.capitalize()} "
+                     f"--allow-principal {principal} --operation {_KAFKA_ACLS_OPERATION[grant.operation]} "
                      f"--{grant.resource} {grant.name}{pattern}")
     return lines
 

@@ -15,7 +15,7 @@ import faust
 from agents import ingest, knowledge_sync, pair_refresh, recommender
 from agents.acks import Acker
 from agents.batching import ExplorerApp
-from agents.health import Health
+from agents.health import Health, Priority
 from agents.outbox import Outbox
 from agents.state import StateTable
 from streams import codec
@@ -133,9 +133,11 @@ def _build_agents(app: ExplorerApp, context: AppContext, clusters: Any) -> None:
     context.topics = names
     app.use_batches_for([names["interactions"], names["interactions_repartition"], names["requests"],
                          names["requests_repartition"]])
+    app.serve_first([names["requests"], names["requests_repartition"]])
 
     outbox = Outbox(lambda: app.producer._ensure_producer())
     partitions_for = _partition_counts(app)
+    priority = Priority()  # requests before bulk ingestion on the event loop
     failpoints = Failpoints(settings.failpoints)
     acker = Acker(lambda batch: app.consumer.ack_processed(batch), health, failpoint=failpoints.hit)
     states = None
@@ -148,14 +150,15 @@ def _build_agents(app: ExplorerApp, context: AppContext, clusters: Any) -> None:
     ingest_agent = ingest.IngestAgent(
         settings,
         ingest.IngestTopics(names["interactions"], names["interactions_repartition"], names["dlq"], names["requests"]),
-        states, outbox, acker, metrics, health, partitions_for)
+        states, outbox, acker, metrics, health, partitions_for, priority=priority)
     context.ingest = ingest_agent
     ingest.attach(app, ingest_agent, app.topic(names["interactions"], names["interactions_repartition"], **RAW))
     syncer = None
     if clusters is not None and states is not None:
         syncer = _knowledge_sync(app, context, clusters, states)
         if settings.recommendations_enabled:
-            context.recommender = _recommender(app, context, clusters, states, outbox, partitions_for, names)
+            context.recommender = _recommender(app, context, clusters, states, outbox, partitions_for, names,
+                                               priority)
     _register_upkeep(app, context, acker, syncer)
 
 
@@ -177,7 +180,7 @@ def _knowledge_sync(app: ExplorerApp, context: AppContext, clusters: Any, states
 
 
 def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: StateTable, outbox: Outbox,
-                 partitions_for: Any, names: dict[str, str]) -> recommender.RecommenderAgent:
+                 partitions_for: Any, names: dict[str, str], priority: Priority) -> recommender.RecommenderAgent:
     from agents.serving import Loaders, Serving
     from models.finetune.registry import current_model_path
     from models.knowledge import KnowledgeStore
@@ -185,6 +188,22 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
     from models.pair_table import PairTable
 
     settings, metrics = context.settings, context.metrics
+    # Answers get a producer of their own: behind the ingest's changelog batches (one request in flight per broker
+    # on a producer) a table hit waited for megabytes of state to be sent first during a catch-up.
+    answers_producer: dict[str, Any] = {}
+
+    async def start_answers_producer() -> None:
+        producer = app.producer._new_producer()
+        await producer.start()
+        answers_producer["producer"] = producer
+
+    @app.on_before_shutdown.connect
+    async def stop_answers_producer(app: Any, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        producer = answers_producer.pop("producer", None)
+        if producer is not None:
+            await producer.stop()
+
+    answers_outbox = Outbox(lambda: answers_producer.get("producer") or app.producer._ensure_producer())
 
     def load_sequence() -> Any:
         import torch
@@ -213,8 +232,8 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
     agent = recommender.RecommenderAgent(
         settings, recommender.RequestTopics(names["requests"], names["requests_repartition"],
                                             names["recommendations"], names["dlq"]),
-        handler, responses, outbox, lambda batch: app.consumer.ack_processed(batch), metrics, context.health,
-        partitions_for)
+        handler, responses, answers_outbox, lambda batch: app.consumer.ack_processed(batch), metrics, context.health,
+        partitions_for, priority=priority)
     recommender.attach(app, agent, app.topic(names["requests"], names["requests_repartition"], **RAW))
 
     interactions = names["interactions"]
@@ -227,7 +246,7 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
 
     refresher = pair_refresh.PairRefresher(settings, serving, metrics, owned, lag)
     watcher = pair_refresh.ModelWatcher(serving, ModelLoader(settings, load_predictor), metrics)
-    pair_refresh.attach(app, refresher, watcher, serving, settings.model_watch_interval_s)
+    pair_refresh.attach(app, refresher, watcher, serving, settings.model_watch_interval_s, start_answers_producer)
     return agent
 
 

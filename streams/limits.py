@@ -8,8 +8,12 @@ its repartition topic. A mismatch is a clear error at start-up, not a dead lette
 
 from __future__ import annotations
 
+import logging
+
 from streams.dead_letters import max_letter_bytes
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 HEADER_ALLOWANCE = 1_024  # the origin header and record framing of a rerouted record
 
@@ -19,7 +23,10 @@ class LimitsError(RuntimeError):
 
 
 def topic_limits(settings: Settings, topics: list[str], timeout_s: float = 15.0) -> dict[str, int]:
-    """max.message.bytes of each topic (its own setting or the broker's default), via the admin API."""
+    """max.message.bytes of each topic (its own setting or the broker's default), via the admin API. A topic whose
+    configs this principal may not describe (no DescribeConfigs ACL) is left out, with a warning: the settings-level
+    checks still run, and the operator is told which grant turns the topic-level one on."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
     from streams.kafka_config import confluent_config
@@ -28,7 +35,14 @@ def topic_limits(settings: Settings, topics: list[str], timeout_s: float = 15.0)
     resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
     limits: dict[str, int] = {}
     for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
-        entry = future.result(timeout=timeout_s).get("max.message.bytes")
+        try:
+            entry = future.result(timeout=timeout_s).get("max.message.bytes")
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise
+            log.warning("cannot read max.message.bytes of topic %s (no DescribeConfigs ACL for this principal): its "
+                        "size limit is not checked at start-up", resource.name)
+            continue
         if entry is not None and entry.value is not None:
             limits[resource.name] = int(entry.value)
     return limits

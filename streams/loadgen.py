@@ -16,6 +16,7 @@ def synthetic_events(
     seed: int = 13,
     start_ts: float = 881_250_949.0,
     mean_gap_s: float = 30.0,
+    user_prefix: str = "",
 ) -> Iterator[InteractionEvent]:
     """`count` valid rating events in event-time order; the same seed gives the same events."""
     rng = random.Random(seed)
@@ -24,7 +25,7 @@ def synthetic_events(
     ts = start_ts
     for n in range(count):
         ts += rng.expovariate(1.0 / mean_gap_s)
-        user = str(rng.randrange(users) + 1)
+        user = f"{user_prefix}{rng.randrange(users) + 1}"
         item = str(rng.choices(range(1, items + 1), cum_weights=cumulative)[0])
         yield InteractionEvent(
             event_id=f"gen-{seed}-{n}",

@@ -68,7 +68,11 @@ class RecommendationClient:
         wanted = set(request_ids)
         deadline = time.monotonic() + timeout_s
         while not wanted <= self.answers.keys() and time.monotonic() < deadline:
-            for message in self._consumer.consume(num_messages=500, timeout=0.05):
+            # poll() returns as soon as one message arrives (consume() would wait out its whole timeout for a
+            # batch), then whatever else is already fetched is drained without waiting.
+            first = self._consumer.poll(0.05)
+            messages = [first] + self._consumer.consume(num_messages=500, timeout=0) if first is not None else []
+            for message in messages:
                 if message.error():
                     continue
                 received = time.monotonic()

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(10.0, ge=3.0)
     # Records fetched per poll: the largest run of one partition an agent takes as one batch (agents/batching.py).
     stream_batch_size: int = Field(2_000, ge=1)
-    producer_linger_s: float = Field(0.02, ge=0)  # lets changelog and DLQ writes share produce requests
+    # The producer's linger. Small: batches of a unit are built by the outbox itself (agents/outbox.py), so waiting
+    # only adds latency to answers (20 ms here cost each table hit 40 ms: two delivery rounds).
+    producer_linger_s: float = Field(0.001, ge=0)
     # Which clusters build the worker counts with (default: the serving one, see models.clusters.load_serving);
     # `explorer backfill` sets it for the worker that fills a new version's state.
     serving_clusters_version: str | None = None

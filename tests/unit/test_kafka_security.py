@@ -214,6 +214,9 @@ def test_kafka_acls_commands_render_prefixed_patterns():
     lines = kafka_acls_commands(role_grants(Settings(app_id="ie"), "reader"), "User:analyst", "k:9094")
     assert lines == ["kafka-acls.sh --bootstrap-server k:9094 --command-config admin.properties --add "
                      "--allow-principal User:analyst --operation Read --topic ie --resource-pattern-type prefixed"]
+    worker = kafka_acls_commands(role_grants(Settings(app_id="ie"), "worker"), "User:w", "k:9094")
+    # kafka-acls.sh spells it DescribeConfigs: a wrong spelling would be an operator's failed command
+    assert any("--operation DescribeConfigs --topic interactions.dlq" in line for line in worker)
 
 
 def test_broker_security_properties_turn_acls_on_and_keep_secrets_out_of_errors(tmp_path):
