@@ -34,6 +34,7 @@ loop never blocks.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -64,9 +65,10 @@ from models.prompts import (
 )
 from streams.settings import Settings
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Knowledge", "ModelNotFound", "NovelClusterPredictor", "Prediction",
+__all__ = ["BASE_PREFIX", "DEFAULT_METHOD", "METHODS", "Knowledge", "ModelNotFound", "NovelClusterPredictor", "Prediction",
            "build_prompt", "model_version"]
 
+log = logging.getLogger(__name__)
 METHODS = ("gbnf", "trie", "score")
 DEFAULT_METHOD = "trie"
 SEED = 1234
@@ -86,11 +88,23 @@ class Prediction:
     decoded_tokens: int = 0  # tokens evaluated after the prompt
 
 
+BASE_PREFIX = "base:"  # the label of a model that is not a released fine-tune says so
+
+
+def is_fine_tuned(settings: Settings, path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a registered (hence gate-passing) fine-tuned version's model, not the configured base."""
+    from models.finetune.registry import registered_identity
+
+    return registered_identity(settings, Path(path)) is not None
+
+
 def model_version(settings: Settings, path: str | os.PathLike[str]) -> str:
     """The label rows and answers of the model at `path` carry: `<registry version or file name>:<sha256 of the
     whole file, 16 hex digits>` (models/identity.py; the digest is recorded at registration or cached, never
-    recomputed per call)."""
-    return identify(settings, path).label
+    recomputed per call), prefixed `base:` when the file is not a registered fine-tune -- the configured
+    EXPLORER_MODEL_PATH or the packaged SmolLM2 -- so an answer never passes the base off as fine-tuned."""
+    label = identify(settings, path).label
+    return label if is_fine_tuned(settings, path) else BASE_PREFIX + label
 
 
 def default_threads() -> int:
@@ -114,7 +128,13 @@ class NovelClusterPredictor:
         # Who this model is, fixed at load: every row it infers carries it (models/identity.py), so a row's label is
         # the model that produced it even while a hot swap replaces the serving predictor.
         self.identity: ModelIdentity = identify(settings, path)
-        self._model_version = self.identity.label
+        self.fine_tuned = is_fine_tuned(settings, path)
+        self._model_version = self.identity.label if self.fine_tuned else BASE_PREFIX + self.identity.label
+        if self.fine_tuned:
+            log.info("LLM: fine-tuned model %s (%s)", self._model_version, path)
+        else:  # say it where operators look: answers from it carry the base: label too
+            log.warning("LLM: serving the BASE model %s (%s), not a fine-tune: no fine-tuned model has been "
+                        "released (`explorer finetune`, `explorer llm list`)", self._model_version, path)
         self._lock = threading.Lock()
         self._llm = Llama(model_path=self.model_path, n_ctx=n_ctx, n_batch=512, n_threads=self.n_threads,
                           n_threads_batch=self.n_threads, seed=SEED, verbose=False)
@@ -157,6 +177,21 @@ class NovelClusterPredictor:
                 chosen, decoded = decode(segments, candidates)
             return Prediction(cluster_id=chosen, method=method, elapsed_s=time.perf_counter() - started,
                               prompt_s=prompt_s, decoded_tokens=decoded)
+
+    def candidate_log_probs(self, history: tuple[str, str], knowledge: Knowledge | None) -> dict[str, float]:
+        """The model's whole answer distribution in one pass off the prompt's KV state: every novel cluster's total
+        log-probability (its name's tokens and the end token, as ``score`` computes it), in cluster order. Softmax
+        over the values gives the model's distribution over the valid answers (a ranking, hit@k, log-loss, and a
+        product of experts with the retrieved counts)."""
+        unknown = [cid for cid in history if cid not in self.clusters.clusters]
+        if unknown:
+            raise ValueError(f"history names clusters not in version {self.clusters.version}: {unknown}")
+        candidates = candidate_ids(history, self.clusters)
+        if not candidates:
+            raise ValueError("no cluster is left outside the history")
+        with self._lock:
+            scores, _, _ = self._candidate_scores(prompt_segments(history, knowledge, self.clusters), candidates)
+        return {cid: float(score) for cid, score in zip(candidates, scores, strict=True)}
 
     def prompt_tokens(self, history: tuple[str, str], knowledge: Knowledge | None) -> list[int]:
         """The tokens every method evaluates: the prompt's parts tokenized apart and joined."""
@@ -235,6 +270,10 @@ class NovelClusterPredictor:
 
     # ------------------------------------------------------------------ (c) candidate scoring
     def _by_scoring(self, segments: PromptSegments, candidates: list[str]) -> tuple[str, float, int]:
+        scores, prompt_s, decoded = self._candidate_scores(segments, candidates)
+        return candidates[int(np.argmax(scores))], prompt_s, decoded
+
+    def _candidate_scores(self, segments: PromptSegments, candidates: list[str]) -> tuple[np.ndarray, float, int]:
         trie = TokenTrie([self._name_tokens[c] for c in candidates])
         nodes = trie.nodes()
         scorer = self._scoring_context(len(candidates))
@@ -248,8 +287,7 @@ class NovelClusterPredictor:
             normalizers = log_normalizers(logits)
             for row, node in enumerate(chunk):
                 _take_steps(node, logits[row], float(normalizers[row]), self._end_tokens, edge, end)
-        scores = path_log_probs(trie, edge, end)
-        return candidates[int(np.argmax(scores))], prompt_s, len(nodes)
+        return path_log_probs(trie, edge, end), prompt_s, len(nodes)
 
     def _scoring_context(self, n_candidates: int) -> _Primed:
         import llama_cpp

@@ -32,8 +32,9 @@ def finetune(
                                                 "knowledge drifts from the serving model's (the hybrid scheduler)")]
     = False,
     base_eval: Annotated[bool, typer.Option(help="Also evaluate the base model (the 'before' numbers)")] = True,
-    served_eval: Annotated[bool, typer.Option(help="Also measure hit rate with the server's constrained "
-                                                   "decoding")] = True,
+    served_eval: Annotated[bool, typer.Option(help="Also measure the base model's hit rate with the server's "
+                                                   "constrained decoding (the candidate's and the serving "
+                                                   "model's are always measured: the relative gate)")] = True,
     release: Annotated[bool, typer.Option(help="Release the model if it passes the gates")] = True,
     keep_f16: Annotated[Optional[Path], typer.Option(help="Also keep the unquantized F16 export here")] = None,
 ) -> None:
@@ -80,6 +81,11 @@ def _summary(result: Any) -> Table:
     for name, value in result.baselines.items():
         table.add_row(f"baseline {name}", f"{value:.3f}", "")
     table.add_row("export agreement (quantized vs PyTorch)", "", f"{result.agreement:.3f}")
+    report = result.gate_report
+    if report:
+        table.add_row(f"relative gate: served hit rate vs the serving model ({report['serving_model']})",
+                      _fmt(report["serving_served_hit_rate"]), _fmt(report["served_hit_rate"]))
+        table.add_row("count argmax on the same held-out pairs", _fmt(report["count_argmax_hit_rate"]), "")
     train = result.train
     table.add_row("training", "", f"{train['method']}, {train['steps']} steps ({train['epochs']} epochs), "
                                   f"{train['train_s']}s, loss {train['first_loss']:.3f} -> {train['final_loss']:.3f}")

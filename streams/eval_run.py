@@ -72,6 +72,7 @@ class EvalConfig:
     backoff_m: float
     cache: bool
     quick: bool
+    llm_strategies: tuple[str, ...] | None = None  # None: every LLM strategy; else only these run (others: skipped)
 
     @classmethod
     def from_settings(cls, settings: Settings, quick: bool = False, **overrides: Any) -> EvalConfig:
@@ -92,6 +93,7 @@ class EvalConfig:
                           else default_processes(settings.llm_threads)),
             "backoff_k": settings.eval_backoff_k, "backoff_m": settings.eval_backoff_prior,
             "cache": True, "quick": quick,
+            "llm_strategies": tuple(settings.eval_llm_strategies) if settings.eval_llm_strategies else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -226,11 +228,18 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
             versions[path] = model_version(settings, path)
         return versions[path]
 
-    llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days)
+    backoff = CountBackoff(clusters, config.backoff_k, config.backoff_m)
+    llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days,
+                          backoff=backoff)
+    for strategy in llms:
+        if config.llm_strategies is not None and strategy.name not in config.llm_strategies:
+            strategy.skipped = "skipped: not selected (EXPLORER_EVAL_LLM_STRATEGIES)"
     ft_reason = None if config.finetune else ("skipped: quick mode (a fine-tune takes minutes here; --finetune runs "
                                               "a budgeted one)" if config.quick else "skipped: fine-tuning disabled")
     ft_reason = ft_reason or (f"skipped: {r}" if (r := unavailable_reason()) else None)
     for strategy in llms:
+        if strategy.skipped:
+            continue
         if strategy.role == EARLY and not ft_reason and config.early_gap_days <= 0:
             strategy.skipped = "skipped: no early window (EXPLORER_EVAL_EARLY_FINETUNE_GAP_DAYS=0)"
         elif strategy.finetuned and ft_reason:
@@ -249,8 +258,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
         scores = SequenceScores(sequence, clusters, config.items_k)
         scores.prepare(cases)
     baselines: list[Strategy] = [RandomNovel(clusters, config.seed), PopularNovel(clusters, config.backoff_k),
-                                 CountArgmax(clusters), CountBackoff(clusters, config.backoff_k, config.backoff_m),
-                                 SequenceChoice(clusters, scores)]
+                                 CountArgmax(clusters), backoff, SequenceChoice(clusters, scores)]
     strategies: list[Strategy] = [*llms, *baselines]
     results = {s.name: StrategyResult(s.name, s.label, s.cadence, s.uses_llm, s.streaming, s.skipped)
                for s in strategies}

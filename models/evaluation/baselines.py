@@ -131,18 +131,26 @@ class CountBackoff(Strategy):
     def __init__(self, clusters: ClusterSet, k: float = 1.0, m: float = 1.0) -> None:
         super().__init__()
         self.clusters, self.k, self.m = clusters, k, m
+        self._levels: tuple[Snapshot, dict[str, int], dict[str, dict[str, int]]] | None = None
 
     def answer(self, state: PointState, cases: Sequence[Case], inferred: Mapping[InferenceRequest, Inferred]
                ) -> list[Answer]:
         with self.ledger.measure():
-            totals = next_totals(state.knowledge)
+            return _per_pair(cases, lambda pair: self.pair_answer(state, pair))
+
+    def pair_answer(self, state: PointState, pair: Pair) -> Answer:
+        """The smoothed distribution for `pair` on this state's streaming knowledge (its levels computed once per
+        state; the product-of-experts strategy reads it too)."""
+        if self._levels is None or self._levels[0] is not state.knowledge:
             by_last: dict[str, dict[str, int]] = {}
             for (_, c2), row in state.knowledge.top_next.items():
                 target = by_last.setdefault(c2, {})
                 for c3, n in row:
                     target[c3] = target.get(c3, 0) + n
-            return _per_pair(cases, lambda pair: self.distribution_answer(
-                pair, dict(state.knowledge.top_next.get(pair, [])), by_last.get(pair[1], {}), totals))
+            self._levels = (state.knowledge, next_totals(state.knowledge), by_last)
+        _, totals, by_last = self._levels
+        return self.distribution_answer(pair, dict(state.knowledge.top_next.get(pair, [])),
+                                        by_last.get(pair[1], {}), totals)
 
     def distribution_answer(self, pair: Pair, pair_counts: Mapping[str, int], last_counts: Mapping[str, int],
                             totals: Mapping[str, int]) -> Answer:

@@ -13,7 +13,8 @@ over processes.
   the request head's KV checkpoint is reused inside a chunk (models/llm.py); results do not depend on the chunking.
 
 Kinds: ``novel`` -- the constrained novel-cluster answer (`NovelClusterPredictor.predict`, result
-``{"cluster": id}``). A later strategy adds a kind (e.g. candidate scores) in `KINDS`.
+``{"cluster": id}``); ``scores`` -- every novel cluster's log-probability off one KV state
+(`NovelClusterPredictor.candidate_log_probs`, result ``{"scores": {id: log p}}``): the model's whole distribution.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def _novel(predictor: Any, pair: Pair, knowledge: Knowledge | None) -> dict[str,
     return {"cluster": predictor.predict(pair, knowledge).cluster_id}
 
 
-KINDS: dict[str, Callable[[Any, Pair, Knowledge | None], dict[str, Any]]] = {"novel": _novel}
+def _scores(predictor: Any, pair: Pair, knowledge: Knowledge | None) -> dict[str, Any]:
+    return {"scores": predictor.candidate_log_probs(pair, knowledge)}
+
+
+KINDS: dict[str, Callable[[Any, Pair, Knowledge | None], dict[str, Any]]] = {"novel": _novel, "scores": _scores}
 
 
 class InferenceCache:
@@ -236,6 +241,9 @@ def load_predictor(settings: Any, clusters: ClusterSet, path: str, threads: int,
 
 
 def _start_worker(settings: Any, clusters: ClusterSet, threads: int, method: str) -> None:
+    import logging
+
+    logging.getLogger("models.llm").setLevel(logging.ERROR)  # the evaluation asks the base model on purpose
     _WORKER.clear()
     _WORKER.update(settings=settings, clusters=clusters, threads=threads, method=method, loaded={})
 

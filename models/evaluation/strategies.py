@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.clusters import ClusterSet
+import math
+
+from models.evaluation.baselines import CountBackoff
 from models.evaluation.interface import Answer, InferenceRequest, Inferred, PointState, Snapshot, Strategy
 from models.evaluation.protocol import Case
 from models.prompts import Knowledge
@@ -56,6 +59,7 @@ class LlmTableStrategy(Strategy):
     version_of: Callable[[str], str]  # model path -> its opaque identity
     cadence: str = ""
     uses_llm: bool = True
+    kind: str = "novel"  # what each row asks the model (models/evaluation/inference.py KINDS)
     rows: dict[Pair, _Row] = field(default_factory=dict)
     refresh_wall_s: dict[int, float] = field(default_factory=dict)  # state -> wall of its re-inferences, serially
     _served: dict[int, dict[Pair, InferenceRequest]] = field(default_factory=dict)
@@ -93,7 +97,7 @@ class LlmTableStrategy(Strategy):
             wanted = snapshot.fingerprint(pair) if snapshot is not None else None
             row = self.rows.get(pair)
             if row is None or row.model != path or (self.streaming and row.fingerprint != wanted):
-                request = InferenceRequest.of("novel", path, self.version_of(path), pair,
+                request = InferenceRequest.of(self.kind, path, self.version_of(path), pair,
                                               snapshot.knowledge(pair) if snapshot is not None else None)
                 row = self.rows[pair] = _Row(path, wanted, request)
                 issued.append(request)
@@ -112,7 +116,10 @@ class LlmTableStrategy(Strategy):
             wall += done.wall_s
         self.refresh_wall_s[state.point] = wall
         served = self._served.pop(state.point)
-        return [Answer(str(inferred[served[case.pair]].result["cluster"])) for case in cases]
+        return [self._answer_of(case, state, inferred[served[case.pair]].result) for case in cases]
+
+    def _answer_of(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
+        return Answer(str(result["cluster"]))
 
     def _count_full_table_refresh(self, snapshot: Snapshot | None, path: str) -> None:
         """Pairs of the whole table (every ordered pair) the real refresher would re-infer at this state."""
@@ -129,8 +136,50 @@ class LlmTableStrategy(Strategy):
             self._last_fingerprints = {p: snapshot.fingerprint(p) for p in snapshot.top_next}
 
 
-def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_every: int, early_gap_days: int
-                   ) -> list[LlmTableStrategy]:
+@dataclass(eq=False)
+class ScoredTableStrategy(LlmTableStrategy):
+    """A pair table whose rows hold the model's whole distribution over the novel clusters (kind ``scores``: every
+    candidate's log-probability off one KV state), refreshed by the same rules as the hybrid. ``combine``:
+
+    * ``model`` -- the model's own distribution (softmax of the candidate log-probabilities): its argmax, ranking
+      and log-loss;
+    * ``poe``   -- a product of experts with the retrieved counts, ``p(c) ∝ p_model(c) · p_backoff(c)``, unweighted
+      (fixed before any run, not fitted on the test period); ``p_backoff`` is the back-off baseline's smoothed
+      distribution (models/evaluation/baselines.py) on the same streaming knowledge the prompt shows.
+    """
+
+    combine: str = "model"
+    backoff: CountBackoff | None = None  # required for "poe"
+
+    def _answer_of(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
+        scores = result["scores"]
+        assert isinstance(scores, Mapping)
+        distribution = softmax(scores)
+        if self.combine == "poe":
+            if self.backoff is None:
+                raise ValueError(f"{self.name}: a product of experts needs the back-off baseline")
+            counts = self.backoff.pair_answer(state, case.pair).distribution
+            assert counts is not None
+            distribution = normalised({c: p * counts[c] for c, p in distribution.items()})
+        order = {c: i for i, c in enumerate(scores)}
+        ranking = sorted(distribution, key=lambda c: (-distribution[c], order[c]))
+        return Answer.ranked(ranking, distribution)
+
+
+def softmax(log_probs: Mapping[str, float]) -> dict[str, float]:
+    top = max(log_probs.values())
+    return normalised({c: math.exp(v - top) for c, v in log_probs.items()})
+
+
+def normalised(weights: Mapping[str, float]) -> dict[str, float]:
+    total = math.fsum(weights.values())
+    if not total > 0:
+        raise ValueError("a distribution needs a positive total weight")
+    return {c: w / total for c, w in weights.items()}
+
+
+def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_every: int, early_gap_days: int,
+                   backoff: CountBackoff | None = None) -> list[LlmTableStrategy]:
     ft_cadence = f"a fine-tune every {finetune_every} points" if finetune_every else "one fine-tune at the split"
     early = f"one fine-tune on the data up to {early_gap_days} days before the split"
 
@@ -144,6 +193,12 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
         make("finetune", "fine-tuning only: periodic fine-tunes, no knowledge", FINETUNE, "none", ft_cadence),
         make("hybrid", "hybrid: periodic fine-tunes + streaming knowledge", FINETUNE, "stream",
              f"{ft_cadence} + every knowledge sync"),
+        ScoredTableStrategy("hybrid-scores", "hybrid, the model's whole distribution (candidate scoring)",
+                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
+                            kind="scores", combine="model"),
+        ScoredTableStrategy("hybrid-poe", "hybrid x retrieved counts (product of experts with back-off)",
+                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
+                            kind="scores", combine="poe", backoff=backoff),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

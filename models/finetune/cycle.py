@@ -19,6 +19,7 @@ from typing import Any
 from models.clusters import ClusterSet
 from models.finetune import curation, export, gates, quantize, registry, scheduler, training
 from models.identity import identify
+from models.llm import model_version
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class CycleResult:
     timings: dict[str, float] = field(default_factory=dict)
     model_path: str | None = None
     model_version: str | None = None  # the released/registered model's identity label (models/identity.py)
+    gate_report: dict[str, Any] = field(default_factory=dict)  # gates.gate_report: what the release rests on
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -91,6 +93,8 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
     clusters, ratings = _inputs(settings, clusters, ratings)
     base = Path(settings.finetune_base_model_path or settings.resolved_model_path())
     threads = settings.finetune_threads
+    serving = Path(registry.current_model_path(settings))  # what users get now: the bar a candidate must clear
+    serving_label = model_version(settings, serving)
 
     step = stages.start("curate")
     counts = curation.transition_counts(ratings, clusters.cluster_of, settings)
@@ -130,14 +134,22 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         step = stages.start("compare with PyTorch", None)
         sample, reference = _torch_answers(model, evaluation, clusters, tokenizer, step)
         agreement = gates.agreement(reference, [evaluation.tokens[i] for i in sample])
-        candidate_served = None
-        if served:
-            step = stages.start("served hit rate, candidate", None)
-            candidate_served = gates.served_hit_rate(candidate, curated.held_out, clusters, settings, step)
+        step = stages.start("served hit rate, candidate", None)
+        candidate_served = gates.served_hit_rate(candidate, curated.held_out, clusters, settings, step)
+        if base_served is not None and _same_file(serving, base):
+            serving_served = base_served
+        else:
+            step = stages.start("served hit rate, serving model", None)
+            serving_served = gates.served_hit_rate(serving, curated.held_out, clusters, settings, step)
     finally:
         tokenizer.close()
 
-    result = gates.check_gates(evaluation.metrics, agreement, settings)
+    result = gates.check_gates(evaluation.metrics, agreement, settings, candidate_served, serving_served)
+    held_out_baselines = gates.baselines(curated.held_out, curated.popular)
+    report = gates.gate_report(result, pairs=len(curated.held_out), served=candidate_served,
+                               serving_model=serving_label, serving_served=serving_served,
+                               count_argmax=held_out_baselines["knowledge_top1_hit_rate"],
+                               metrics=evaluation.metrics, export_agreement=agreement)
     base_identity = identify(settings, base)  # what the candidate was tuned from, by content, not by path
     model_bytes = candidate.stat().st_size
     metadata = {
@@ -149,8 +161,9 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         # What the model was trained to know, for the scheduler's drift check (models/finetune/scheduler.py).
         "trained_top_next": scheduler.top_next_snapshot(
             curation.period_counts(counts, curated.period.first_day, curated.period.split_day)),
-        "baselines": gates.baselines(curated.held_out, curated.popular), "export_agreement": agreement,
+        "baselines": held_out_baselines, "export_agreement": agreement,
         "served_hit_rate": candidate_served, "base_served_hit_rate": base_served, "gates": result.as_dict(),
+        "gate_report": report,
         "settings": {k: v for k, v in settings.model_dump().items() if k.startswith("finetune_")},
         "timings": stages.timings,
     }
@@ -166,8 +179,13 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
                        agreement=agreement, train=trained.as_dict(), curation=curated.stats,
                        quant_type=settings.finetune_quant_type, model_bytes=model_bytes,
                        served_hit_rate=candidate_served, base_served_hit_rate=base_served, timings=stages.timings,
+                       gate_report=report,
                        model_path=str(filed.model_path) if result.passed else None,
                        model_version=identify(settings, filed.model_path).label if result.passed else None)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def _inputs(settings: Settings, clusters: ClusterSet | None, ratings: Sequence[Any] | None

@@ -16,7 +16,10 @@ always names a valid cluster, so it shows what serving gains whatever the free-g
 
 Gates (settings): exact_match over all prompts >= finetune_gate_exact_match, hit_rate with knowledge >=
 finetune_gate_min_hit_rate, and the agreement of the quantized llama.cpp model's greedy answers with the PyTorch
-model's on a sample >= finetune_gate_min_agreement (catches a broken export or a too-coarse quantization).
+model's on a sample >= finetune_gate_min_agreement (catches a broken export or a too-coarse quantization). And one
+relative gate: the candidate's served hit rate >= the serving model's (the released fine-tune, else the base) on
+the same held-out pairs, so no release serves users worse answers than they get now; the gate report shows count
+argmax on those pairs beside it.
 """
 
 from __future__ import annotations
@@ -208,9 +211,29 @@ class GateResult:
                            for c in self.checks]}
 
 
-def check_gates(metrics: dict[str, dict[str, float]], export_agreement: float, settings: Settings) -> GateResult:
-    return GateResult((
+def check_gates(metrics: dict[str, dict[str, float]], export_agreement: float, settings: Settings,
+                served: float | None = None, serving_served: float | None = None) -> GateResult:
+    """The absolute gates, and -- given the candidate's served hit rate and the serving model's on the same
+    held-out pairs -- the relative one: no release may serve users worse answers than they get now."""
+    checks = [
         Check("exact_match", metrics["all"]["exact_match"], settings.finetune_gate_exact_match),
         Check("hit_rate", metrics["knowledge"]["hit_rate"], settings.finetune_gate_min_hit_rate),
         Check("export_agreement", export_agreement, settings.finetune_gate_min_agreement),
-    ))
+    ]
+    if (served is None) != (serving_served is None):
+        raise ValueError("the relative gate needs both served hit rates, the candidate's and the serving model's")
+    if served is not None and serving_served is not None:
+        checks.append(Check("served_hit_rate_vs_serving", served, serving_served))
+    return GateResult(tuple(checks))
+
+
+def gate_report(result: GateResult, *, pairs: int, served: float | None, serving_model: str,
+                serving_served: float | None, count_argmax: float, metrics: dict[str, dict[str, float]],
+                export_agreement: float) -> dict[str, Any]:
+    """What a release decision rests on, in one place (metadata, `explorer finetune`, the demo's summary): the
+    candidate's and the serving model's served hit rate on the same held-out pairs, count argmax on them too (the
+    LLM-free answer the fallback gives), and the absolute gates."""
+    return {"passed": result.passed, "reasons": result.reasons, "held_out_pairs": pairs,
+            "served_hit_rate": served, "serving_model": serving_model, "serving_served_hit_rate": serving_served,
+            "count_argmax_hit_rate": count_argmax, "exact_match": metrics["all"]["exact_match"],
+            "hit_rate": metrics["knowledge"]["hit_rate"], "export_agreement": export_agreement}

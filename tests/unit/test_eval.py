@@ -414,6 +414,50 @@ def test_llm_table_refresh_rules() -> None:
         tuned.requests(state(3, after, models={BASE: "base.gguf"}), one)  # no fine-tuned model to answer with
 
 
+def test_scored_tables_rank_by_the_model_and_by_its_product_with_the_counts() -> None:
+    import math
+
+    from models.evaluation.strategies import ScoredTableStrategy
+
+    cs = clusters()
+    pair = ("c0", "c1")
+    # the model prefers c2 (0.5), then c3 (0.3), c4 (0.2); the counts say c3 (9) over c2 (1)
+    scores = {"c2": math.log(0.5 * 0.9), "c3": math.log(0.3 * 0.9), "c4": math.log(0.2 * 0.9)}
+    knowledge = {pair: [("c3", 9), ("c2", 1)]}
+    s = state(0, knowledge, models={FINETUNE: "ft.gguf"})
+
+    class Scorer:
+        def run(self, requests):  # type: ignore[no-untyped-def]
+            assert all(r.kind == "scores" and r.top_next == (("c3", 9), ("c2", 1)) for r in requests)
+            return {r: Inferred({"scores": scores}, 0.5, 0.6) for r in requests}
+
+    backoff = CountBackoff(cs)
+    model, poe = (ScoredTableStrategy(name, "", FINETUNE, "stream", 5, lambda path: "v", kind="scores",
+                                      combine=combine, backoff=backoff) for name, combine in (("m", "model"),
+                                                                                              ("p", "poe")))
+    by_model, by_poe = (strategy.answer(s, [case(pair=pair)], Scorer().run(strategy.requests(s, [case(pair=pair)])))[0]
+                        for strategy in (model, poe))
+    assert by_model.ranking == ("c2", "c3", "c4")
+    assert by_model.distribution == pytest.approx({"c2": 0.5, "c3": 0.3, "c4": 0.2})  # renormalised over valid names
+    counts = backoff.pair_answer(s, pair).distribution
+    expected = {c: by_model.distribution[c] * counts[c] for c in counts}
+    total = sum(expected.values())
+    assert by_poe.distribution == pytest.approx({c: v / total for c, v in expected.items()})
+    assert by_poe.cluster == "c3"  # the counts' 9 to 1 outweigh the model's 5 to 3
+    with pytest.raises(ValueError, match="back-off"):
+        ScoredTableStrategy("x", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores",
+                            combine="poe")._answer_of(case(pair=pair), s, {"scores": scores})
+
+
+def test_only_the_selected_llm_strategies_run() -> None:
+    from streams.eval_run import EvalConfig
+    from streams.settings import Settings
+
+    config = EvalConfig.from_settings(Settings(eval_llm_strategies=["hybrid", "hybrid-poe"]))
+    assert config.llm_strategies == ("hybrid", "hybrid-poe")
+    assert EvalConfig.from_settings(Settings()).llm_strategies is None
+
+
 # ---------------------------------------------------------------------------------------------------- inference
 class FakePredictor:
     loads: list[str] = []

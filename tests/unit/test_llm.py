@@ -127,9 +127,11 @@ def test_a_missing_model_file_is_a_clear_error(tmp_path):
 
 def test_model_version_names_the_file_and_tells_contents_apart(predictor, tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
-    assert predictor.model_version.startswith("SmolLM2-135M-Instruct.Q4_1.gguf:")
+    # the packaged base is no released fine-tune, and its label says so
+    assert predictor.model_version.startswith("base:SmolLM2-135M-Instruct.Q4_1.gguf:")
+    assert not predictor.fine_tuned
     assert predictor.model_version == model_version(settings, Settings().resolved_model_path())
-    assert predictor.identity.label == predictor.model_version
+    assert predictor.model_version == "base:" + predictor.identity.label
     first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
     first.write_bytes(b"x" * 10)
     second.write_bytes(b"y" * 10)
@@ -227,3 +229,37 @@ def test_candidate_scores_add_up_every_step_and_the_end():
 
 def test_model_path_defaults_to_the_packaged_gguf():
     assert Path(Settings().resolved_model_path()).is_file()
+
+
+def test_a_registered_fine_tune_is_labelled_by_its_version_the_base_says_base(tmp_path, caplog):
+    import logging
+
+    from models.finetune.registry import get_version, register
+
+    settings = Settings(data_dir=tmp_path / "data")
+    copy = tmp_path / "candidate.gguf"
+    copy.write_bytes(Path(Settings().resolved_model_path()).read_bytes())
+    register(settings, "ft-test", copy, {"gates": {"passed": True}})
+    path = get_version(settings, "ft-test").model_path
+    assert model_version(settings, path).startswith("ft-test:")
+    with caplog.at_level(logging.INFO, logger="models.llm"):
+        tuned = NovelClusterPredictor(settings, CLUSTERS, model_path=str(path))
+        base = NovelClusterPredictor(settings, CLUSTERS, model_path=Settings().resolved_model_path())
+    try:
+        assert tuned.fine_tuned and tuned.model_version == model_version(settings, path)
+        assert not base.fine_tuned and base.model_version.startswith("base:")
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "BASE model" in warnings[0] and base.model_version in warnings[0]
+    finally:
+        tuned.close()
+        base.close()
+
+
+def test_candidate_log_probs_are_the_score_methods_and_a_distribution(predictor, answers):
+    for (history, knowledge), scored in zip(REQUESTS, answers["score"], strict=True):
+        log_probs = predictor.candidate_log_probs(history, knowledge)
+        assert list(log_probs) == [c for c in CLUSTERS.clusters if c not in history]
+        assert max(log_probs, key=log_probs.get) == scored.cluster_id  # the same criterion as "score"
+        assert all(v < 0 for v in log_probs.values())
+        assert 0 < sum(np.exp(list(log_probs.values()))) <= 1.0 + 1e-6  # valid answers share at most all the mass
+        assert predictor.candidate_log_probs(history, knowledge) == log_probs  # no state leaks between calls
