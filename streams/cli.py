@@ -263,6 +263,7 @@ def demo(
         create_topics(settings)
         clusters = _ensure_clusters(settings)
         _ensure_sequence_model(settings, sequence_budget)
+        llm = _ensure_llm(settings)
         ratings = load_ratings(dataset_dir(settings))[: limit if limit is not None else None]
         log_dir = settings.resolved_data_dir() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +298,7 @@ def demo(
 
     rejected = sum(v for k, v in metrics.items() if k.startswith("explorer_events_rejected_total"))
     table = Table("demo summary", "value")
+    table.add_row("LLM served", llm.summary())
     table.add_row("events replayed", f"{stats.delivered:,} at {stats.rate:,.0f} events/s")
     table.add_row("events consumed by the worker", f"{metrics.get('explorer_events_in_total', 0):,.0f}")
     table.add_row("valid / dead-lettered", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}")
@@ -318,6 +320,13 @@ def demo(
     for n, (c1, c2), c3 in top:
         transitions.add_row(f"{names[c1]} -> {names[c2]}", names[c3], f"{n:,}")
     out.print(transitions)
+
+
+def _ensure_llm(settings):  # -> streams.demo_model.ServingLLM
+    from streams.demo_model import ensure_released_model
+
+    with _progress() as progress:
+        return ensure_released_model(settings, progress=progress, say=console.print)
 
 
 def _ensure_clusters(settings):  # -> ClusterSet

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     finetune_gate_exact_match: float = Field(0.9, ge=0, le=1)  # free generation must name a valid novel cluster
     finetune_gate_min_hit_rate: float = Field(0.10, ge=0, le=1)  # held-out recall@1 of the predicted novel cluster
     finetune_gate_min_agreement: float = Field(0.9, ge=0, le=1)  # quantized llama.cpp vs PyTorch greedy answers
+    # `explorer demo` without a released fine-tune runs one cycle with this training budget first (0: never; the
+    # base then serves, labelled as such). Sized so the whole main job fits 25 minutes on 2 cores (README).
+    demo_finetune_budget_s: float = Field(600.0, ge=0)
     # Hybrid scheduler (models/finetune/scheduler.py): a cycle every cadence, or sooner when the streaming knowledge
     # has drifted from what the serving model was trained on.
     finetune_cadence_s: float = Field(7 * 86_400.0, gt=0)

@@ -15,11 +15,12 @@ from tests.harness import settings_env
 
 pytestmark = pytest.mark.integration
 
-STRATEGIES = ("stale", "rag", "finetune", "hybrid", "finetune-early", "hybrid-early", "random", "popular", "count",
-              "backoff", "sequence")
+STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "finetune-early", "hybrid-early",
+              "random", "popular", "count", "backoff", "sequence")
 PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
-RANKERS = ("random", "popular", "count", "backoff", "sequence")  # hit@3
-DISTRIBUTIONS = ("random", "popular", "backoff", "sequence")  # log-loss
+RANKERS = ("random", "popular", "count", "backoff", "sequence")  # hit@3 (and the scored LLM tables)
+SCORED = ("hybrid-scores", "hybrid-poe")
+DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "hybrid-scores", "hybrid-poe")  # log-loss
 
 
 def run_eval(settings, out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -64,7 +65,7 @@ def check_report(out: Path) -> dict:
         assert strategy["evaluations"] == totals["cases"]  # every strategy answers the same cases
         for key in ("hit", "item_hit", "long_tail"):
             assert in_unit(metrics[key]), (name, key)
-        assert ("hit3" in metrics) == (name in RANKERS) and ("log_loss" in metrics) == (name in DISTRIBUTIONS)
+        assert ("hit3" in metrics) == (name in RANKERS + SCORED) and ("log_loss" in metrics) == (name in DISTRIBUTIONS)
         if "hit3" in metrics:
             assert in_unit(metrics["hit3"]) and metrics["hit3"]["value"] >= metrics["hit"]["value"], name
         if "log_loss" in metrics:

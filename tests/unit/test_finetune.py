@@ -280,6 +280,13 @@ def test_whole_cycle_on_a_tiny_model(tmp_path):
     assert Path(result.model_path).stat().st_size < base.stat().st_size  # Q8_0 is smaller than the F32 base
     meta = registry.get_version(settings, result.version).metadata
     assert meta["gates"]["passed"] and meta["clusters_version"] == "tiny-1"
+    # the relative gate: measured against what served before (the configured base), count argmax beside it
+    report = meta["gate_report"]
+    assert report == result.gate_report and report["serving_model"].startswith("base:")
+    assert report["served_hit_rate"] >= report["serving_served_hit_rate"]
+    assert "served_hit_rate_vs_serving" in [c["name"] for c in meta["gates"]["checks"]]
+    assert report["count_argmax_hit_rate"] == meta["baselines"]["knowledge_top1_hit_rate"]
+    assert report["held_out_pairs"] == result.curation["eval_pairs"]
     assert meta["data_period"]["split_day"] > meta["data_period"]["first_day"]
 
     # The same cycle with one training step: the model cannot name clusters yet, so it must not be released.
@@ -287,6 +294,7 @@ def test_whole_cycle_on_a_tiny_model(tmp_path):
                         finetune_learning_rate=3e-3, finetune_max_epochs=0.01, finetune_quant_type="Q8_0")
     rejected = run_cycle(failing, clusters=clusters, ratings=ratings, evaluate_base=False, served=False)
     assert not rejected.released and any(r.startswith("exact_match") for r in rejected.reasons)
+    assert rejected.gate_report["serving_model"].startswith(result.version + ":")  # now the bar is the release
     assert registry.current_version(settings) == result.version  # still the good one
     stored = registry.get_version(settings, rejected.version)
     assert not stored.passed_gates and not stored.model_path.exists()
@@ -402,6 +410,20 @@ def test_gates_report_each_failing_check(tmp_path):
     result = gates.check_gates(metrics, 0.92, settings)
     assert not result.passed and result.reasons == ["hit_rate 0.050 < 0.100"]
     assert gates.check_gates({"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.2}}, 0.92, settings).passed
+
+
+def test_the_relative_gate_refuses_a_candidate_worse_than_the_serving_model(tmp_path):
+    settings = _settings(tmp_path)
+    metrics = {"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.2}}
+    worse = gates.check_gates(metrics, 0.95, settings, served=0.14, serving_served=0.15)
+    assert not worse.passed and worse.reasons == ["served_hit_rate_vs_serving 0.140 < 0.150"]
+    assert gates.check_gates(metrics, 0.95, settings, served=0.15, serving_served=0.15).passed  # a tie may ship
+    with pytest.raises(ValueError, match="both"):
+        gates.check_gates(metrics, 0.95, settings, served=0.15)
+    report = gates.gate_report(worse, pairs=150, served=0.14, serving_model="ft-a:0123", serving_served=0.15,
+                               count_argmax=0.17, metrics=metrics, export_agreement=0.95)
+    assert report["passed"] is False and report["count_argmax_hit_rate"] == 0.17
+    assert report["serving_model"] == "ft-a:0123" and report["exact_match"] == 0.95
 
 
 def test_score_counts_only_valid_novel_names(tmp_path):
