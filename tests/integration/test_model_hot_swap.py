@@ -71,7 +71,11 @@ def test_a_released_model_is_swapped_in_without_losing_or_changing_answers(servi
                     assert answers[first[user]].recommendation == before[first[user]].recommendation
             assert swapped, "no answer came from the released model"
         assert worker.alive(), worker.log_tail()
+        log = worker.log_path.read_text(errors="replace")
     assert old_versions and not any(v.startswith("swap-test:") for v in old_versions)
+    # before the release the base served, and said so: in every answer's label and in the worker's log
+    assert all(v.startswith("base:") for v in old_versions), old_versions
+    assert "serving the BASE model" in log
     assert_each_request_answered_once(settings, sent)
 
 
