@@ -3,7 +3,10 @@
 Inputs default to the system's own: the serving clusters, MovieLens ratings (streams/movielens.py) split at
 EXPLORER_TRAIN_FRACTION by event time, and the base GGUF (EXPLORER_FINETUNE_BASE_MODEL_PATH, else the configured
 serving model). Every stage reports to an optional rich Progress. The candidate is filed in the registry whatever
-the outcome (metadata with metrics and gate results); only a model that passed every gate is released.
+the outcome (metadata with metrics, gate results and the gate report); only a model that passed every gate is
+released. The relative gate compares the candidate's served hit rate with the model serving now (the registry's
+released version, else the base) on the same held-out pairs, so both are always measured; `served` only adds the
+base's when the base is not what serves.
 """
 
 from __future__ import annotations
