@@ -9,6 +9,8 @@ stale           base                         the knowledge at the split       ne
 rag             base                         the streaming knowledge          its fingerprint changed
 finetune        periodic fine-tune           none                             a new fine-tuned model is deployed
 hybrid          periodic fine-tune           the streaming knowledge          either
+hybrid-scores   the same, the model's whole distribution (candidate scoring, kind "scores") -- same refresh rule
+hybrid-poe      hybrid-scores' distribution x the back-off counts (product of experts) -- same refresh rule
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
