@@ -113,7 +113,8 @@ def default_threads() -> int:
 
 class NovelClusterPredictor:
     def __init__(self, settings: Settings, clusters: ClusterSet, model_path: str | None = None,
-                 method: str = DEFAULT_METHOD, n_threads: int | None = None, n_ctx: int = N_CTX):
+                 method: str = DEFAULT_METHOD, n_threads: int | None = None, n_ctx: int = N_CTX,
+                 announce_base: bool = True):
         from llama_cpp import Llama
 
         _check_method(method)
@@ -132,7 +133,8 @@ class NovelClusterPredictor:
         self._model_version = self.identity.label if self.fine_tuned else BASE_PREFIX + self.identity.label
         if self.fine_tuned:
             log.info("LLM: fine-tuned model %s (%s)", self._model_version, path)
-        else:  # say it where operators look: answers from it carry the base: label too
+        elif announce_base:  # say it where operators look (answers from it carry the base: label too); off for
+            # the gates' and the evaluation's own measurements, which load candidates and the base on purpose
             log.warning("LLM: serving the BASE model %s (%s), not a fine-tune: no fine-tuned model has been "
                         "released (`explorer finetune`, `explorer llm list`)", self._model_version, path)
         self._lock = threading.Lock()

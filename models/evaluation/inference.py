@@ -237,13 +237,11 @@ def load_predictor(settings: Any, clusters: ClusterSet, path: str, threads: int,
     """The predictor a worker answers with (a module-level function, so tests can put a fake in its place)."""
     from models.llm import NovelClusterPredictor
 
-    return NovelClusterPredictor(settings, clusters, model_path=path, method=method, n_threads=threads)
+    return NovelClusterPredictor(settings, clusters, model_path=path, method=method, n_threads=threads,
+                                 announce_base=False)  # the evaluation asks the base model on purpose
 
 
 def _start_worker(settings: Any, clusters: ClusterSet, threads: int, method: str) -> None:
-    import logging
-
-    logging.getLogger("models.llm").setLevel(logging.ERROR)  # the evaluation asks the base model on purpose
     _WORKER.clear()
     _WORKER.update(settings=settings, clusters=clusters, threads=threads, method=method, loaded={})
 

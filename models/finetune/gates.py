@@ -159,7 +159,7 @@ def served_hit_rate(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clus
     from models.llm import NovelClusterPredictor
 
     predictor = NovelClusterPredictor(settings, clusters, model_path=str(gguf_path),
-                                      n_threads=settings.finetune_threads)
+                                      n_threads=settings.finetune_threads, announce_base=False)
     hits = 0
     try:
         for index, pair in enumerate(held_out):
