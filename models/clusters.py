@@ -29,7 +29,7 @@ from models.embeddings import (
     item_sort_key,
     training_ratings,
 )
-from models.storage import write_atomic
+from models.storage import VersionedStore
 from streams.movielens import Movie, Rating, dataset_dir, load_movies, load_ratings
 from streams.settings import Settings
 
@@ -40,9 +40,9 @@ Progress = Callable[[str, float], None]
 BALANCE = 2.0  # must stay >= 2: bisecting_kmeans relies on it to always find a leaf it may split
 KMEANS_RESTARTS, KMEANS_ITERATIONS = 4, 30
 NAME_MAX = 40
-CURRENT = "current"
+CLUSTERS_FILE, META_FILE = "clusters.json", "meta.json"
+CURRENT, SERVING = "current", "serving"  # pointers: the newest build, and the one workers count and serve with
 NICHE_BELOW = 5  # training ratings under which an item counts as niche
-_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class ClustersNotBuilt(RuntimeError):
@@ -132,13 +132,10 @@ def cluster_items(movies: dict[str, Movie], ratings: Sequence[Rating], settings:
 
 
 def load_current(settings: Settings) -> ClusterSet:
-    pointer = clusters_root(settings) / CURRENT
-    if not pointer.is_file():
+    version = clusters_store(settings).pointer(CURRENT)
+    if version is None:
         raise ClustersNotBuilt(f"no interest clusters under {clusters_root(settings)}: run `explorer clusters build`")
-    return load_version(settings, pointer.read_text(encoding="utf-8").strip())
-
-
-SERVING = "serving"
+    return load_version(settings, version)
 
 
 def load_serving(settings: Settings) -> ClusterSet:
@@ -147,27 +144,31 @@ def load_serving(settings: Settings) -> ClusterSet:
     Keeping this apart from `current` lets `explorer clusters build` make a new build while workers keep serving
     the old one, until `explorer backfill` has filled the new version's state and switches.
     """
-    pointer = clusters_root(settings) / SERVING
-    if pointer.is_file():
-        return load_version(settings, pointer.read_text(encoding="utf-8").strip())
+    version = clusters_store(settings).pointer(SERVING)
+    if version is not None:
+        return load_version(settings, version)
     return load_current(settings)
 
 
 def set_serving(settings: Settings, version: str) -> None:
     load_version(settings, version)  # refuse to point at a build that does not exist
-    write_atomic(clusters_root(settings) / SERVING, version.encode("utf-8"))
+    clusters_store(settings).set_pointer(SERVING, version)
 
 
 def load_version(settings: Settings, version: str) -> ClusterSet:
-    path = clusters_root(settings) / version / "clusters.json"
-    if not _VERSION_RE.match(version) or not path.is_file():
+    store = clusters_store(settings)
+    if not store.has(version, CLUSTERS_FILE):
         raise ClustersNotBuilt(f"cluster version {version!r} not found under {clusters_root(settings)}: "
                                "run `explorer clusters build`")
-    return ClusterSet.from_json(orjson.loads(path.read_bytes()))
+    return ClusterSet.from_json(orjson.loads((store.folder(version) / CLUSTERS_FILE).read_bytes()))
 
 
 def clusters_root(settings: Settings) -> Path:
     return settings.resolved_data_dir() / "clusters"
+
+
+def clusters_store(settings: Settings) -> VersionedStore:
+    return VersionedStore(clusters_root(settings), reserved=frozenset({CURRENT, SERVING}))
 
 
 # ---------------------------------------------------------------- clustering
@@ -530,11 +531,14 @@ def _assignment_hash(item_to_cluster: dict[str, str]) -> str:
 
 
 def _save(settings: Settings, built: ClusterSet, meta: dict[str, Any]) -> Path:
-    folder = clusters_root(settings) / built.version
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "clusters.json", orjson.dumps(built.to_json(), option=orjson.OPT_INDENT_2))
-    write_atomic(folder / "meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-    write_atomic(clusters_root(settings) / CURRENT, built.version.encode() + b"\n")
+    def fill(staging: Path) -> None:
+        (staging / CLUSTERS_FILE).write_bytes(orjson.dumps(built.to_json(), option=orjson.OPT_INDENT_2))
+        (staging / META_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+    store = clusters_store(settings)
+    # The version names the assignment; a rebuild of it may still name clusters anew: replace the files.
+    folder = store.publish(built.version, fill, exists="replace")
+    store.set_pointer(CURRENT, built.version)
     return folder
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import os
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -40,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.storage import write_atomic
+from models.storage import VersionedStore
 from streams.settings import Settings
 
 PAD = 0  # item index 0 is padding; real items are 1..n
 CURRENT = "current"
+MODEL_FILE = "model.pt"
 FORMAT = 1
-_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _NEG = -1e30  # "minus infinity" that keeps arithmetic finite
 
 
@@ -469,24 +467,21 @@ class SequenceRecommender:
 
     # -- persistence
     def save(self, settings: Settings, make_current: bool = True) -> Path:
-        root = sequence_root(settings)
-        folder = root / self.version
-        if not (folder / "model.pt").is_file():
-            staging = root / f".{self.version}.tmp-{os.getpid()}"
-            staging.mkdir(parents=True, exist_ok=True)
-            torch.save(self.model.state_dict(), staging / "model.pt")
+        store = sequence_store(settings)
+
+        def fill(staging: Path) -> None:
+            torch.save(self.model.state_dict(), staging / MODEL_FILE)
             (staging / "config.json").write_bytes(orjson.dumps(
                 {"version": self.version, "config": self.config.to_json(), **self.meta}, option=orjson.OPT_INDENT_2))
             (staging / "items.json").write_bytes(orjson.dumps(
                 {"item_ids": list(self.item_ids), "popularity": self.popularity[1:].tolist()}))
-            try:
-                staging.replace(folder)  # atomic: readers see the whole folder or none of it
-            except OSError:  # another process saved the same version first: identical content, keep theirs
-                for child in staging.iterdir():
-                    child.unlink()
-                staging.rmdir()
+
+        folder = store.folder(self.version)
+        if not store.has(self.version, MODEL_FILE):
+            # Another process may save the same version first: the version names the weights, so keep theirs.
+            folder = store.publish(self.version, fill, exists="keep")
         if make_current:
-            write_atomic(root / CURRENT, self.version.encode() + b"\n")
+            store.set_pointer(CURRENT, self.version)
         return folder
 
 
@@ -517,6 +512,10 @@ def sequence_root(settings: Settings) -> Path:
     return settings.resolved_data_dir() / "models" / "sequence"
 
 
+def sequence_store(settings: Settings) -> VersionedStore:
+    return VersionedStore(sequence_root(settings), reserved=frozenset({CURRENT}))
+
+
 def train_and_save(settings: Settings, config: SequenceConfig | None = None,
                    progress: bool = True) -> tuple[SequenceRecommender, TrainReport]:
     """Train on MovieLens's training period (the first `train_fraction` of events), save, make current."""
@@ -536,21 +535,22 @@ def train_and_save(settings: Settings, config: SequenceConfig | None = None,
 
 
 def load_current(settings: Settings) -> SequenceRecommender:
-    pointer = sequence_root(settings) / CURRENT
-    if not pointer.is_file():
+    version = sequence_store(settings).pointer(CURRENT)
+    if version is None:
         raise SequenceModelNotTrained(f"no sequence model under {sequence_root(settings)}: train one first "
                                       "(models.sequence.train_and_save)")
-    return load_version(settings, pointer.read_text(encoding="utf-8").strip())
+    return load_version(settings, version)
 
 
 def load_version(settings: Settings, version: str) -> SequenceRecommender:
-    folder = sequence_root(settings) / version
-    if not _VERSION_RE.match(version) or not (folder / "model.pt").is_file():
+    store = sequence_store(settings)
+    folder = store.folder(version)
+    if not store.has(version, MODEL_FILE):
         raise SequenceModelNotTrained(f"sequence model version {version!r} not found under {sequence_root(settings)}")
     info = orjson.loads((folder / "config.json").read_bytes())
     items = orjson.loads((folder / "items.json").read_bytes())
     config = SequenceConfig.from_json(info["config"])
     model = SASRec(len(items["item_ids"]), config)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
     meta = {k: v for k, v in info.items() if k not in ("version", "config")}
     return SequenceRecommender(model, config, items["item_ids"], items["popularity"], version=version, meta=meta)

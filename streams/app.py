@@ -28,6 +28,7 @@ from streams.topics import (
     INTERACTIONS_DLQ,
     RECOMMENDATION_REQUESTS,
     RECOMMENDATIONS,
+    consumer_group,
     repartition_topic_name,
     topic_name,
 )
@@ -54,15 +55,6 @@ class AppContext:
 
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
-
-
-def consumer_group(settings: Settings, clusters_version: str | None) -> str:
-    """The Faust app id, hence the consumer group and the state's changelog topics, of one clusters version.
-
-    A new clusters version gets a new group that reads the retained `interactions` topic from its start into fresh
-    state (a backfill), while workers of the old version keep serving with theirs.
-    """
-    return f"{settings.app_id}.{clusters_version}" if clusters_version else settings.app_id
 
 
 def serving_clusters(settings: Settings):  # -> ClusterSet | None

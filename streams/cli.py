@@ -442,12 +442,11 @@ def knowledge_export(
     now: Annotated[Optional[float], typer.Option(help="Event time that windows end at (default: latest event)")] = None,
 ) -> None:
     """Export the current transition counts (all-time and per window) and trends, read from the durable state."""
-    from agents.transitions import changelog_topic_name
     from models.clusters import ClustersNotBuilt, load_serving
     from streams.acls import reader_access
-    from streams.app import consumer_group
     from streams.knowledge_export import render_export
     from streams.state_reader import StateNotFound, read_state_counts
+    from streams.topics import changelog_topic_name, consumer_group
 
     settings = get_settings()
     if fmt not in ("json", "csv"):
