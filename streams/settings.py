@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     positive_rating_threshold: float = 4.0
     positive_event_types: tuple[str, ...] = ("like", "complete")
 
-    # --- interest clusters (models/clusters.py) ---
+    # --- interest clusters (models/clusters/) ---
     cluster_count: int = Field(40, ge=2)  # target number of interest clusters
     cluster_seed: int = 7
     train_fraction: float = Field(0.8, gt=0, lt=1)  # event-time split: the first part trains clusters/models
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     knowledge_sync_interval_s: float = Field(0.5, gt=0)  # how often changed counts are written to LanceDB
     knowledge_sync_max_loop_share: float = Field(0.1, gt=0, le=1)  # cap on the event loop time syncs take
 
-    # --- sequence recommender (models/sequence.py; SequenceConfig reads every sequence_<field>) ---
+    # --- sequence recommender (models/sequence/; SequenceConfig reads every sequence_<field>) ---
     sequence_seed: int = 7
     sequence_max_epochs: int = Field(200, ge=1)
     sequence_budget_s: float = Field(900.0, gt=0)  # wall-clock training budget; MovieLens stops by patience first
