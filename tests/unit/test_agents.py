@@ -50,8 +50,10 @@ class FakeKnowledge:
         self.trend = trending
         self.version = "k1"
         self.refreshed = 0
+        self.threads: set[str] = set()
 
     def top_next(self, c1: str, c2: str, n: int) -> list[tuple[str, int]]:
+        self.threads.add(threading.current_thread().name)
         return self.top.get((c1, c2), [])[:n]
 
     def trending(self, n: int, exclude: Any = ()) -> list[tuple[str, int, float]]:
@@ -109,7 +111,7 @@ class FakePredictor:
 
 
 def _serving(settings: Settings, knowledge: FakeKnowledge, pairs: FakePairs, predictor: FakePredictor | None,
-             metrics: Metrics) -> Serving:
+             metrics: Metrics, **executors: Any) -> Serving:
     def load_predictor(path: str) -> FakePredictor:
         if predictor is None:
             raise FileNotFoundError(path)
@@ -117,7 +119,7 @@ def _serving(settings: Settings, knowledge: FakeKnowledge, pairs: FakePairs, pre
 
     loaders = Loaders(knowledge=lambda: knowledge, pairs=lambda: pairs, sequence=lambda: None,  # type: ignore[arg-type,return-value]
                       predictor=load_predictor, current_model_path=lambda: "base.gguf")  # type: ignore[arg-type]
-    return Serving(settings, _clusters(), loaders, metrics)
+    return Serving(settings, _clusters(), loaders, metrics, **executors)
 
 
 def _row(pair: tuple[str, str], novel: str, version: str, top_next: list[tuple[str, int]], updated_at: float
@@ -150,7 +152,8 @@ def test_the_handler_answers_from_the_pair_table_then_the_llm_then_the_fallback(
         settings, metrics = _settings(), Metrics()
         knowledge = FakeKnowledge({("c1", "c2"): [("c4", 9), ("c3", 2)]}, trending=["c3"])
         predictor = FakePredictor("llm-a:0001", novel="c3")
-        serving = _serving(settings, knowledge, FakePairs(), predictor, metrics)
+        io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="injected-io")
+        serving = _serving(settings, knowledge, FakePairs(), predictor, metrics, io_executor=io)
         await serving.start()
         states = FakeStates({"u1": {"t": ["c1", "c2"], "i": ["c3-0"]}, "u2": {"t": ["c2"], "i": []}})
         handler = RequestHandler(settings, states, serving, metrics)  # type: ignore[arg-type]
@@ -168,6 +171,7 @@ def test_the_handler_answers_from_the_pair_table_then_the_llm_then_the_fallback(
         assert cold["source"] == FALLBACK and cold["novel_cluster"]["id"] == "c3"  # trending, outside the history
         assert cold["model_version"] == "llm-a:0001|none"
         assert [_count(metrics.recommendations_out, s) for s in (TABLE, LLM, FALLBACK)] == [1, 1, 1]
+        assert knowledge.threads and all(t.startswith("injected-io") for t in knowledge.threads)  # reads off the loop
         serving.close()
 
     asyncio.run(scenario())
