@@ -442,7 +442,7 @@ def knowledge_export(
     now: Annotated[Optional[float], typer.Option(help="Event time that windows end at (default: latest event)")] = None,
 ) -> None:
     """Export the current transition counts (all-time and per window) and trends, read from the durable state."""
-    from agents.transitions import changelog_topic_name
+    from agents.state import changelog_topic_name
     from models.clusters import ClustersNotBuilt, load_serving
     from streams.acls import reader_access
     from streams.app import consumer_group
