@@ -81,7 +81,10 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     codec.register_faust_codec()
     clusters = serving_clusters(settings) if with_agents else None
     app_id = consumer_group(settings, clusters.version if clusters else None)
-    datadir = settings.resolved_data_dir() / "faust" / app_id
+    # One folder per worker: RocksDB locks each partition's files, so two workers of a host sharing a data dir must
+    # not share them (found by the two-worker fault test); a restarted worker finds its own state under its own id.
+    local_id = settings.resolved_instance_id() or f"port-{settings.web_port}"
+    datadir = settings.resolved_data_dir() / "faust" / app_id / local_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level itself
     app = ExplorerApp(
         app_id,
