@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # How long the group waits for a silent worker before its partitions move (Faust's default is 60 s; heartbeats
     # come from the consumer's own thread, so a busy event loop does not miss them).
     broker_session_timeout_s: float = Field(10.0, ge=3.0)
+    # /health says "degraded" for this long after an absorbed fault (agent restart, retried send or event)
+    health_degraded_window_s: float = Field(300.0, ge=0)
     # Records fetched per poll: the largest run of one partition an agent takes as one batch (agents/batching.py).
     stream_batch_size: int = Field(2_000, ge=1)
     # The producer's linger. Small: batches of a unit are built by the outbox itself (agents/outbox.py), so waiting

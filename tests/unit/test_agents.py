@@ -325,18 +325,18 @@ class FakeStore:
     def prepare(self, partition: int, counts: Any, watermark: float, pairs: set[tuple[str, str]]) -> Any:
         return (partition, set(pairs))
 
-    def write(self, update: Any) -> None:
+    def write_many(self, updates: list[Any]) -> None:
         self.threads.add(threading.current_thread().name)
         if self.fail:
             self.fail -= 1
             raise OSError("object store timeout")
-        self.written.append(update)
+        self.written.extend(updates)
 
     def release_partition(self, partition: int) -> None:
         self.released.append(partition)
 
 
-def test_the_syncer_writes_changed_partitions_from_its_thread_and_retries_a_failure() -> None:
+def test_the_syncer_writes_a_rounds_changed_partitions_at_once_from_its_thread_and_retries_a_failure() -> None:
     async def scenario() -> None:
         metrics, health, store = Metrics(), Health(), FakeStore()
         held = {0: FakePartitionState(changed_pairs={("c1", "c2")}), 1: FakePartitionState(),
@@ -346,15 +346,15 @@ def test_the_syncer_writes_changed_partitions_from_its_thread_and_retries_a_fail
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-writer")
         sync = KnowledgeSync(states, lambda: opened.append(1) or store, executor, metrics, health)  # type: ignore[arg-type]
 
-        store.fail = 1  # partition 0's write fails, partition 2's goes through
-        assert await sync.sync() == 1
-        assert store.written == [(2, set())] and held[0].changed_pairs == {("c1", "c2")}  # kept for the retry
-        assert not held[2].trends_changed and sync.failures == 1 and health.send_retries == 1
-        assert _count(metrics.knowledge_sync_failures) == 1
+        store.fail = 1  # the round's one write fails: every partition's changes are kept for the next round
+        assert await sync.sync() == 0
+        assert store.written == [] and held[0].changed_pairs == {("c1", "c2")} and held[2].trends_changed
+        assert sync.failures == 1 and health.send_retries == 1 and _count(metrics.knowledge_sync_failures) == 1
 
-        assert await sync.sync() == 1 and store.written[-1] == (0, {("c1", "c2")})
-        assert held[0].changed_pairs == set() and await sync.sync() == 0  # nothing changed: nothing written
-        assert opened == [1] and store.threads == {t for t in store.threads if t.startswith("knowledge-writer")}
+        assert await sync.sync() == 2 and store.written == [(0, {("c1", "c2")}), (2, set())]  # partition 1: no change
+        assert held[0].changed_pairs == set() and not held[2].trends_changed
+        assert await sync.sync() == 0 and store.written == [(0, {("c1", "c2")}), (2, set())]  # nothing changed
+        assert opened == [1] and store.threads and all(t.startswith("knowledge-writer") for t in store.threads)
         sync.release([0, 2])
         assert store.released == [0, 2]
         executor.shutdown()
