@@ -73,3 +73,16 @@ def test_an_upward_import_breaks_the_contract(graph: grimp.ImportGraph) -> None:
     graph.add_import(importer="models.clusters", imported="agents.serving")  # the domain reaching into an agent
     broken = graph.find_illegal_dependencies_for_layers(layers)
     assert {(d.importer, d.imported) for d in broken} == {("models", "agents")}
+
+
+def test_agent_functions_stay_short() -> None:
+    # An agent is wiring around small steps (README "Architecture"): a long function there hides logic that a unit
+    # test without a broker should be able to reach.
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "agents").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.name}:{node.lineno} {node.name}")
+    assert long == []
