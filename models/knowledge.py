@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import lancedb
 import pyarrow as pa
-from lancedb.index import BTree
 
 from models.knowledge_embedding import Embedder, HashingEmbedder
+from models.lance import deployment_table, ensure_btree, lost_race, sql_str
 from models.knowledge_rows import (
     ALL,
     TREND_HISTORY,
@@ -90,36 +90,6 @@ def clusters_schema(dim: int) -> pa.Schema:
         ("id", pa.string()), ("name", pa.string()), ("keywords", pa.list_(pa.string())), ("size", pa.int64()),
         ("clusters_version", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
     ])
-
-
-def _ensure_btree(table: Any, column: str) -> None:
-    """A scalar index for the reads' filter (top_next: c1); compaction adds new rows to it. Only speed depends on
-    it, so losing the race to create it (processes starting together) is fine: the winner's index serves all."""
-    if any(index.columns == [column] for index in table.list_indices()):
-        return
-    try:
-        table.create_index(column, config=BTree())
-    except RuntimeError as exc:
-        if not _lost_race(exc):
-            raise
-
-
-def _lost_race(exc: RuntimeError) -> bool:
-    """LanceDB's error for a commit preempted by another process's (or an index another process created)."""
-    text = str(exc).lower()
-    return "conflict" in text or "already exists" in text
-
-
-def deployment_table(deployment: str, name: str) -> str:
-    """The LanceDB table `name` of one deployment (see the module docstring)."""
-    if not deployment:
-        raise ValueError("a knowledge-store table needs a deployment (Settings.deployment_id())")
-    return f"{deployment}__{name}"
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def transitions_filter(keys: Iterable[RowKey]) -> str:
@@ -181,7 +151,7 @@ class KnowledgeStore:
                                    storage_options=storage_options)
         self._transitions = self._db.create_table(deployment_table(deployment, TRANSITIONS), schema=TRANSITIONS_SCHEMA,
                                                   exist_ok=True)
-        _ensure_btree(self._transitions, "c1")
+        ensure_btree(self._transitions, "c1")
         self._trends = self._db.create_table(deployment_table(deployment, TRENDS), schema=TRENDS_SCHEMA, exist_ok=True)
         self._clusters = self._open_clusters()
         self._version_filter = f"clusters_version = {sql_str(clusters_version)}"
@@ -389,7 +359,7 @@ class KnowledgeStore:
             try:
                 table.optimize(cleanup_older_than=self.cleanup_older_than)
             except RuntimeError as exc:
-                if not _lost_race(exc):
+                if not lost_race(exc):
                     raise
                 log.info("compacting the %s table lost a race with another writer; next round: %s", name, exc)
         self._writes_since_compact = 0
