@@ -1,9 +1,10 @@
 """What `/health` says, and the one way an agent stops the worker when it cannot go on safely.
 
 The worker is healthy while every agent runs, nothing fatal happened, no send keeps failing and the consumer makes
-progress whenever it has lag. It is *degraded* after an agent restarted or a send had to be retried, or while lag
-grows and nothing is consumed (stalled); it is *failed* once an agent reported a fatal error (the worker is then
-stopping, with a non-zero exit).
+progress whenever it has lag. It is *degraded* for `recent_s` after an agent restarted or a send or an event had to
+be retried (a fault that was absorbed is worth a look, not a page forever), and while lag grows and nothing is
+consumed (stalled); it is *failed* once an agent reported a fatal error (the worker is then stopping, with a non-zero
+exit). The totals stay in the metrics (explorer_agent_restarts, explorer_processing_retries).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ OK, DEGRADED, FAILED = "ok", "degraded", "failed"
 class Health:
     clock: Callable[[], float] = time.monotonic
     stall_after_s: float = 60.0
+    recent_s: float = 300.0  # how long an absorbed fault keeps the worker "degraded"
     restarts: dict[str, int] = field(default_factory=dict)
     fatal: str | None = None
     send_retries: int = 0
     last_send_failure: str | None = None
+    _last_restart_at: float | None = None
+    _last_retry_at: float | None = None
     _last_progress: float = 0.0
     _last_consumed: float = -1.0
     _crash: Callable[[BaseException], Any] | None = None
@@ -41,10 +45,15 @@ class Health:
 
     def agent_restarted(self, agent: str) -> None:
         self.restarts[agent] = self.restarts.get(agent, 0) + 1
+        self._last_restart_at = self.clock()
 
     def send_retried(self, what: str) -> None:
         self.send_retries += 1
         self.last_send_failure = what
+        self._last_retry_at = self.clock()
+
+    def _recent(self, at: float | None) -> bool:
+        return at is not None and self.clock() - at <= self.recent_s
 
     def observe(self, consumed_total: float, lag: float) -> None:
         """Called periodically: progress is any new consumption, or no lag at all."""
@@ -68,9 +77,12 @@ class Health:
         reasons: list[str] = []
         if self.fatal:
             return FAILED, [f"fatal: {self.fatal}"]
-        reasons += [f"agent {name} restarted {n} time(s)" for name, n in sorted(self.restarts.items())]
-        if self.send_retries:
-            reasons.append(f"{self.send_retries} send(s) retried, last: {self.last_send_failure}")
+        if self._recent(self._last_restart_at):
+            reasons += [f"agent {name} restarted {n} time(s), last within {self.recent_s:g}s"
+                        for name, n in sorted(self.restarts.items())]
+        if self._recent(self._last_retry_at):
+            reasons.append(f"{self.send_retries} attempt(s) retried, last within {self.recent_s:g}s: "
+                           f"{self.last_send_failure}")
         if self.stalled():
             reasons.append(f"stalled: lag and nothing consumed for over {self.stall_after_s:g}s")
         return (DEGRADED if reasons else OK), reasons

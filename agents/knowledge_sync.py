@@ -2,8 +2,8 @@
 
 Every `knowledge_sync_interval_s`, each partition whose counts changed gets its rows prepared on the event loop --
 from the partition state's own count index, for the pairs that changed (day windows and trends whole: they span
-only the last days), so a sync costs what changed, not the size of the state -- and written from ONE executor
-thread, so LanceDB's I/O never blocks the event loop and one store instance never writes from two threads. Workers
+only the last days), so a sync costs what changed, not the size of the state -- and all of them are written in one
+merge per table (`KnowledgeStore.write_many`) from ONE executor thread, so LanceDB's I/O never blocks the event loop and one store instance never writes from two threads. Workers
 write only rows of their own partitions; readers sum over partitions. A failed write is retried at the next round
 with the same hints (nothing is lost), counted, and shows in /health.
 """
@@ -52,21 +52,24 @@ class KnowledgeSync:
             self.store = await self._run(self.open_store)
         store = self.store
         started = self.clock()
-        written = 0
+        updates, hints = [], []
         for partition, state in changed:
             pairs, state.changed_pairs = state.changed_pairs, set()
             trends_changed, state.trends_changed = state.trends_changed, False
-            update = store.prepare(partition, state.counts, state.watermark, pairs)  # on the loop: a snapshot
-            try:
-                await self._run(store.write, update)
-                written += 1
-            except Exception as exc:  # the next round sends the same changes again: nothing is lost
+            updates.append(store.prepare(partition, state.counts, state.watermark, pairs))  # on the loop: a snapshot
+            hints.append((state, pairs, trends_changed))
+        written = 0
+        try:
+            await self._run(store.write_many, updates)  # one commit per table for the whole round
+            written = len(updates)
+        except Exception as exc:  # the next round sends the same changes again: nothing is lost
+            for state, pairs, trends_changed in hints:
                 state.changed_pairs |= pairs
                 state.trends_changed |= trends_changed
-                self.failures += 1
-                self.metrics.knowledge_sync_failures.inc()
-                self.health.send_retried(f"knowledge sync of partition {partition}: {type(exc).__name__}")
-                log.exception("knowledge sync of partition %d failed; will retry", partition)
+            self.failures += 1
+            self.metrics.knowledge_sync_failures.inc()
+            self.health.send_retried(f"knowledge sync of partitions {[p for p, _ in changed]}: {type(exc).__name__}")
+            log.exception("knowledge sync of partitions %s failed; will retry", [p for p, _ in changed])
         self.metrics.knowledge_sync_seconds.observe(self.clock() - started)
         return written
 

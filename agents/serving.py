@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -91,10 +91,15 @@ class Serving:
     pending_rows: list[PairPrediction] = field(default_factory=list)  # inferred on a miss, written by the refresher
     llm_error: str | None = None
     members: dict[str, list[str]] = field(default_factory=dict)
+    # One thread each unless injected: LanceDB reads and the sequence model; the LLM (its context is not thread-safe)
+    io_executor: Executor | None = None
+    llm_executor: Executor | None = None
 
     def __post_init__(self) -> None:
-        self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender-io")
-        self.llm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        if self.io_executor is None:
+            self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender-io")
+        if self.llm_executor is None:
+            self.llm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         self.requests_waiting_for_llm = 0
         self.llm_free_for_refresh = asyncio.Event()
         self.llm_free_for_refresh.set()

@@ -22,6 +22,7 @@ import orjson
 from faust.types import TP
 
 from models.partition_state import PartitionState, TransitionStats, Write
+from streams.topics import STATE_FORMAT, changelog_topic_name, state_table_name  # noqa: F401  (named here too)
 
 if TYPE_CHECKING:
     import faust
@@ -29,19 +30,6 @@ if TYPE_CHECKING:
     from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = "v2"  # the user/count/meta layout of models/partition_state.py; older changelogs are not read
-
-
-def state_table_name(clusters_version: str) -> str:
-    return f"state-{STATE_FORMAT}-{clusters_version}"
-
-
-def changelog_topic_name(group: str, clusters_version: str) -> str:
-    """Faust's name for the table's changelog (group = the app id, streams.app.consumer_group): where the durable
-    state lives, read by `explorer knowledge export`."""
-    return f"{group}-{state_table_name(clusters_version)}-changelog"
-
 
 class PartitionView(MutableMapping[str, Any]):
     """Source partition p's keys of the table data, without their "p/" prefix."""

@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import lancedb
 import pyarrow as pa
-from lancedb.index import BTree
 
 from models.knowledge_embedding import Embedder, HashingEmbedder
+from models.lance import deployment_table, ensure_btree, lost_race, sql_str
 from models.knowledge_rows import (
     ALL,
     TREND_HISTORY,
@@ -90,36 +90,6 @@ def clusters_schema(dim: int) -> pa.Schema:
         ("id", pa.string()), ("name", pa.string()), ("keywords", pa.list_(pa.string())), ("size", pa.int64()),
         ("clusters_version", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
     ])
-
-
-def _ensure_btree(table: Any, column: str) -> None:
-    """A scalar index for the reads' filter (top_next: c1); compaction adds new rows to it. Only speed depends on
-    it, so losing the race to create it (processes starting together) is fine: the winner's index serves all."""
-    if any(index.columns == [column] for index in table.list_indices()):
-        return
-    try:
-        table.create_index(column, config=BTree())
-    except RuntimeError as exc:
-        if not _lost_race(exc):
-            raise
-
-
-def _lost_race(exc: RuntimeError) -> bool:
-    """LanceDB's error for a commit preempted by another process's (or an index another process created)."""
-    text = str(exc).lower()
-    return "conflict" in text or "already exists" in text
-
-
-def deployment_table(deployment: str, name: str) -> str:
-    """The LanceDB table `name` of one deployment (see the module docstring)."""
-    if not deployment:
-        raise ValueError("a knowledge-store table needs a deployment (Settings.deployment_id())")
-    return f"{deployment}__{name}"
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def transitions_filter(keys: Iterable[RowKey]) -> str:
@@ -181,7 +151,7 @@ class KnowledgeStore:
                                    storage_options=storage_options)
         self._transitions = self._db.create_table(deployment_table(deployment, TRANSITIONS), schema=TRANSITIONS_SCHEMA,
                                                   exist_ok=True)
-        _ensure_btree(self._transitions, "c1")
+        ensure_btree(self._transitions, "c1")
         self._trends = self._db.create_table(deployment_table(deployment, TRENDS), schema=TRENDS_SCHEMA, exist_ok=True)
         self._clusters = self._open_clusters()
         self._version_filter = f"clusters_version = {sql_str(clusters_version)}"
@@ -234,6 +204,52 @@ class KnowledgeStore:
             self._written[update.partition] = PartitionRows.of(update, now)
         else:
             self._write_changes(update, written)
+        self._writes_since_compact += 1
+        self._maybe_compact()
+
+    def write_many(self, updates: Collection[PartitionUpdate]) -> None:
+        """Write several partitions' prepared updates (one writer per partition, as :meth:`write`) with ONE merge per
+        table for all the incremental ones: a LanceDB commit costs about the same whatever its size, so a round that
+        syncs 8 partitions in 2 commits instead of 16 keeps retrieval fresh under load. Full updates are written one
+        by one (they happen once per partition and `full_write_every_s`). What was written is remembered only after
+        every merge succeeded, so a failed round is re-sent whole by the next."""
+        incremental = []
+        for update in updates:
+            if update.pairs is None or update.partition not in self._written:
+                self.write(update)
+            else:
+                incremental.append(update)
+        if not incremental:
+            return
+        now = self._clock()
+        transitions, transitions_gone, trends, trends_gone = [], [], [], []
+        for update in incremental:
+            written = self._written[update.partition]
+            changed, gone = diff(written.all_rows(update.pairs or frozenset()), update.all_rows)
+            changed_windows, gone_windows = diff(written.windows, update.window_rows)
+            changed.update(changed_windows)
+            gone.extend(gone_windows)
+            if changed:
+                transitions.append(self._transition_data(update.partition, changed, now))
+            if gone:
+                transitions_gone.append(self._gone_filter(update.partition, transitions_filter(gone)))
+            changed_trends, gone_trends = diff(written.trends, update.trends)
+            if changed_trends:
+                trends.append(self._trend_data(update.partition, changed_trends, now))
+            if gone_trends:
+                trends_gone.append(self._gone_filter(update.partition, trends_filter(gone_trends)))
+        either = lambda filters: " OR ".join(f"({f})" for f in filters) or None  # noqa: E731
+        if transitions or transitions_gone:
+            data = pa.concat_tables(transitions) if transitions else TRANSITIONS_SCHEMA.empty_table()
+            self._merge(self._transitions, TRANSITION_KEY, data, delete_missing=either(transitions_gone))
+        if trends or trends_gone:
+            data = pa.concat_tables(trends) if trends else TRENDS_SCHEMA.empty_table()
+            self._merge(self._trends, TREND_KEY, data, delete_missing=either(trends_gone))
+        for update in incremental:
+            written = self._written[update.partition]
+            written.replace(update.pairs or frozenset(), update.all_rows)
+            written.windows = dict(update.window_rows)
+            written.trends = dict(update.trends)
         self._writes_since_compact += 1
         self._maybe_compact()
 
@@ -343,7 +359,7 @@ class KnowledgeStore:
             try:
                 table.optimize(cleanup_older_than=self.cleanup_older_than)
             except RuntimeError as exc:
-                if not _lost_race(exc):
+                if not lost_race(exc):
                     raise
                 log.info("compacting the %s table lost a race with another writer; next round: %s", name, exc)
         self._writes_since_compact = 0

@@ -30,7 +30,7 @@ import lancedb
 import orjson
 import pyarrow as pa
 
-from models.knowledge import deployment_table, sql_str
+from models.lance import deployment_table, sql_str
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge
 from streams.settings import DEFAULT_DEPLOYMENT
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from models.sequence import Holdout, SequenceConfig, _vocabulary, hit_and_ndcg, holdout_ranks, train_model
+from models.sequence import Holdout, SequenceConfig, hit_and_ndcg, holdout_ranks, train_model, vocabulary
 from streams.settings import Settings
 
 
@@ -35,7 +35,7 @@ def leave_one_out(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str
                   train_filter: Mapping[str, Sequence[bool]] | None = None) -> LeaveOneOut:
     """Split per-user histories. `train_filter[user][j]` False drops item j from the model's inputs and training
     (e.g. non-positive ratings); targets and the masked history always use every interaction."""
-    vocab = _vocabulary(sequences, item_ids)
+    vocab = vocabulary(sequences, item_ids)
     index = {item: i + 1 for i, item in enumerate(vocab)}
     users = sorted(u for u, s in sequences.items() if len(s) >= 3)
     train, valid, test = [], Holdout([], [], []), Holdout([], [], [])

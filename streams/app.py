@@ -28,6 +28,7 @@ from streams.topics import (
     INTERACTIONS_DLQ,
     RECOMMENDATION_REQUESTS,
     RECOMMENDATIONS,
+    consumer_group,
     repartition_topic_name,
     topic_name,
 )
@@ -56,15 +57,6 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
-def consumer_group(settings: Settings, clusters_version: str | None) -> str:
-    """The Faust app id, hence the consumer group and the state's changelog topics, of one clusters version.
-
-    A new clusters version gets a new group that reads the retained `interactions` topic from its start into fresh
-    state (a backfill), while workers of the old version keep serving with theirs.
-    """
-    return f"{settings.app_id}.{clusters_version}" if clusters_version else settings.app_id
-
-
 def serving_clusters(settings: Settings):  # -> ClusterSet | None
     from models.clusters import ClustersNotBuilt, load_serving, load_version
 
@@ -81,7 +73,10 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     codec.register_faust_codec()
     clusters = serving_clusters(settings) if with_agents else None
     app_id = consumer_group(settings, clusters.version if clusters else None)
-    datadir = settings.resolved_data_dir() / "faust" / app_id
+    # One folder per worker: RocksDB locks each partition's files, so two workers of a host sharing a data dir must
+    # not share them (found by the two-worker fault test); a restarted worker finds its own state under its own id.
+    local_id = settings.resolved_instance_id() or f"port-{settings.web_port}"
+    datadir = settings.resolved_data_dir() / "faust" / app_id / local_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level itself
     app = ExplorerApp(
         app_id,
@@ -109,7 +104,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
         producer_max_request_size=settings.producer_max_request_bytes,
     )
     metrics = Metrics()
-    health = Health()
+    health = Health(recent_s=settings.health_degraded_window_s)
     context = AppContext(settings=settings, metrics=metrics, health=health)
     app.explorer = context  # type: ignore[attr-defined]
     health.bind_crash(app.crash)

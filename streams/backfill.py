@@ -1,6 +1,6 @@
 """Backfill: fill a clusters version's state from the retained `interactions` topic, then make it the serving one.
 
-The state of each clusters version belongs to its own consumer group (streams.app.consumer_group), so a backfill
+The state of each clusters version belongs to its own consumer group (streams.topics.consumer_group), so a backfill
 never touches what the live workers count and serve with: it positions the new group at `--from`, runs a worker
 for that version until the group has committed everything that was in the topic when it started, and then switches
 the serving pointer. Live workers pick the new version up when they restart.
@@ -15,12 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from streams.acls import backfill_access
-from streams.app import consumer_group
 from streams.kafka_check import check_kafka
 from streams.kafka_config import confluent_config
 from streams.offsets import caught_up, retry_retriable
 from streams.settings import Settings
-from streams.topics import INTERACTIONS, topic_name
+from streams.topics import INTERACTIONS, consumer_group, topic_name
 from streams.worker_process import free_port, run_worker, wait_until
 
 

@@ -30,7 +30,8 @@ class Answer:
 
 
 class RecommendationClient:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, partitioner: str = "murmur2_random") -> None:
+        """`partitioner`: librdkafka's name; murmur2 is native (no reroute hop), any other works (rerouted)."""
         from confluent_kafka import Consumer, Producer, TopicPartition
 
         from streams.kafka_config import confluent_config
@@ -40,7 +41,7 @@ class RecommendationClient:
         topic = topic_name(settings, RECOMMENDATIONS)
         # murmur2: the same partition as the user's interactions (the recommender serves from that partition).
         self._producer = Producer(confluent_config(settings, **{
-            "enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 0}))
+            "enable.idempotence": True, "partitioner": partitioner, "linger.ms": 0}))
         self._consumer = Consumer(confluent_config(settings, **{
             "group.id": f"explorer-recommend-client-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "auto.offset.reset": "latest", "fetch.wait.max.ms": 10}))

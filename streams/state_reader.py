@@ -8,11 +8,10 @@ from typing import Any
 
 import orjson
 
-from agents.state import changelog_topic_name
 from models.counts import AllCounts, read_counts
-from streams.app import consumer_group
 from streams.kafka_config import confluent_config
 from streams.settings import Settings
+from streams.topics import changelog_topic_name, consumer_group
 
 
 class StateNotFound(RuntimeError):

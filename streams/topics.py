@@ -1,4 +1,5 @@
-"""The topic catalogue of the public contract, and idempotent provisioning with the admin API."""
+"""The topic catalogue of the public contract, the names of the worker's own topics, consumer groups and tables,
+and idempotent provisioning with the admin API."""
 
 from __future__ import annotations
 
@@ -50,6 +51,28 @@ class ProvisionResult:
     created: list[str]
     existing: list[str]
     partition_mismatch: dict[str, tuple[int, int]]  # name -> (wanted, actual)
+
+
+def consumer_group(settings: Settings, clusters_version: str | None) -> str:
+    """The Faust app id, hence the consumer group and the state's changelog topics, of one clusters version.
+
+    A new clusters version gets a new group that reads the retained `interactions` topic from its start into fresh
+    state (a backfill), while workers of the old version keep serving with theirs.
+    """
+    return f"{settings.app_id}.{clusters_version}" if clusters_version else settings.app_id
+
+
+STATE_FORMAT = "v2"  # the user/count/meta layout of models/partition_state.py; older changelogs are not read
+
+
+def state_table_name(clusters_version: str) -> str:
+    return f"state-{STATE_FORMAT}-{clusters_version}"
+
+
+def changelog_topic_name(group: str, clusters_version: str) -> str:
+    """Faust's name for the state table's changelog (group = the app id, `consumer_group`): where the durable
+    state lives, read by `explorer knowledge export`."""
+    return f"{group}-{state_table_name(clusters_version)}-changelog"
 
 
 def repartition_topic_name(group: str, logical_name: str) -> str:

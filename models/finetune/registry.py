@@ -20,8 +20,6 @@ Cheap to import (no torch): the serving side imports it on every model load.
 from __future__ import annotations
 
 import fcntl
-import os
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +29,8 @@ from typing import Any
 
 import orjson
 
-from models.identity import DIGEST_CACHE, ModelIdentity, cached_sha256, file_sha256
-from models.storage import fsync_dir, write_atomic
+from models.digests import DIGEST_CACHE, ModelIdentity, cached_sha256, file_sha256
+from models.storage import VersionedStore, write_atomic
 from streams.settings import Settings
 
 STATE = "released.json"
@@ -41,7 +39,6 @@ LOCK = ".lock"
 MODEL_FILE = "model.gguf"
 METADATA_FILE = "metadata.json"
 _RESERVED = {STATE, CURRENT, HISTORY, LOCK, DIGEST_CACHE}
-_VERSION_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")  # no leading dot: hidden folders are work in progress
 
 
 class RegistryError(RuntimeError):
@@ -73,6 +70,11 @@ def llm_root(settings: Settings) -> Path:
     return settings.resolved_data_dir() / "models" / "llm"
 
 
+def _store(settings: Settings) -> VersionedStore:
+    # The release state is one JSON file (current + history), not a bare pointer: rollback walks the history.
+    return VersionedStore(llm_root(settings), reserved=frozenset(_RESERVED))
+
+
 def current_version(settings: Settings) -> str | None:
     return _read_state(settings).current
 
@@ -91,29 +93,24 @@ def register(settings: Settings, version: str, model_file: Path | None, metadata
     """File a candidate: its GGUF moved into `<version>/model.gguf` (none for a rejected model) and its metadata,
     with the model file's size and full sha256 added (`model_size`, `model_sha256`)."""
     _check_name(version)
-    root = llm_root(settings)
-    folder = root / version
+    store = _store(settings)
+    metadata = dict(metadata)
+
+    def fill(staging: Path) -> None:
+        if model_file is not None:
+            shutil.move(str(model_file), staging / MODEL_FILE)
+            metadata["model_size"] = (staging / MODEL_FILE).stat().st_size
+            metadata["model_sha256"] = file_sha256(staging / MODEL_FILE)  # once, here: the model's identity
+        write_atomic(staging / METADATA_FILE, orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def undo(staging: Path) -> None:
+        if model_file is not None and (staging / MODEL_FILE).is_file() and not Path(model_file).exists():
+            shutil.move(str(staging / MODEL_FILE), str(model_file))  # the caller keeps its file
+
     with _locked(settings):
-        if folder.exists():
-            raise RegistryError(f"model version {version} already exists under {root}")
-        staging = root / f".staging-{version}"
-        shutil.rmtree(staging, ignore_errors=True)  # left by a register that crashed
-        staging.mkdir(parents=True)
-        try:
-            metadata = dict(metadata)
-            if model_file is not None:
-                shutil.move(str(model_file), staging / MODEL_FILE)
-                metadata["model_size"] = (staging / MODEL_FILE).stat().st_size
-                metadata["model_sha256"] = file_sha256(staging / MODEL_FILE)  # once, here: the model's identity
-            write_atomic(staging / METADATA_FILE,
-                         orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-            os.rename(staging, folder)  # the whole version appears at once
-            fsync_dir(root)
-        except BaseException:
-            if model_file is not None and (staging / MODEL_FILE).is_file() and not Path(model_file).exists():
-                shutil.move(str(staging / MODEL_FILE), str(model_file))  # the caller keeps its file
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        if store.folder(version).exists():
+            raise RegistryError(f"model version {version} already exists under {store.root}")
+        folder = store.publish(version, fill, undo=undo)  # the whole version appears at once
     return ModelVersion(version, folder, metadata)
 
 
@@ -161,7 +158,7 @@ def registered_identity(settings: Settings, path: Path) -> ModelIdentity | None:
 
 def get_version(settings: Settings, version: str) -> ModelVersion:
     _check_name(version)
-    folder = llm_root(settings) / version
+    folder = _store(settings).folder(version)
     meta = folder / METADATA_FILE
     if not meta.is_file():
         raise RegistryError(f"model version {version!r} not found under {llm_root(settings)}")
@@ -170,11 +167,7 @@ def get_version(settings: Settings, version: str) -> ModelVersion:
 
 def list_versions(settings: Settings) -> list[ModelVersion]:
     """Every filed version, oldest first (by the creation time in its metadata)."""
-    root = llm_root(settings)
-    if not root.is_dir():
-        return []
-    found = [get_version(settings, p.name) for p in root.iterdir()
-             if not p.name.startswith(".") and (p / METADATA_FILE).is_file()]
+    found = [get_version(settings, version) for version in _store(settings).versions(METADATA_FILE)]
     return sorted(found, key=lambda m: (m.metadata.get("created_at", 0), m.version))
 
 
@@ -212,5 +205,5 @@ def _write_state(settings: Settings, state: _Released) -> None:
 
 
 def _check_name(version: str) -> None:
-    if not _VERSION_RE.match(version) or version in _RESERVED:
+    if not VersionedStore.NAME.match(version) or version in _RESERVED:  # a leading dot: work in progress
         raise RegistryError(f"invalid model version name {version!r}")

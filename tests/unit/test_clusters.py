@@ -20,7 +20,7 @@ from models.clusters import (
     load_version,
     stable_ids,
 )
-from streams import cli_clusters
+from streams.cli import clusters as cli_clusters
 from streams.movielens import dataset_dir
 from streams.settings import Settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from models import identity
+from models import digests, identity
 from models.finetune import registry
 from models.identity import ModelIdentity, cached_sha256, identify
 from models.model_loading import ModelLoader
@@ -55,7 +55,7 @@ def test_registered_twins_keep_the_digest_recorded_at_registration(tmp_path, mon
     registry.register(settings, "ft-b", second, PASSED)
     a_path, b_path = (registry.get_version(settings, v).model_path for v in ("ft-a", "ft-b"))
     calls = []
-    monkeypatch.setattr(identity, "file_sha256", lambda path: calls.append(path) or "never")
+    monkeypatch.setattr(digests, "file_sha256", lambda path: calls.append(path) or "never")
     a, b = identify(settings, a_path), identify(settings, b_path)
     assert calls == []  # the registry's recorded digest, no hashing at look-up
     assert (a.name, b.name) == ("ft-a", "ft-b") and a.sha256 != b.sha256
@@ -66,8 +66,8 @@ def test_an_unregistered_file_is_hashed_once_per_content(tmp_path, monkeypatch):
     settings = _settings(tmp_path)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF" + b"x" * 1000)
-    real, calls = identity.file_sha256, []
-    monkeypatch.setattr(identity, "file_sha256", lambda path: calls.append(path) or real(path))
+    real, calls = digests.file_sha256, []
+    monkeypatch.setattr(digests, "file_sha256", lambda path: calls.append(path) or real(path))
     first = identify(settings, model)
     assert identify(settings, model) == first and len(calls) == 1  # the cache answers (another process too)
     assert (registry.llm_root(settings) / identity.DIGEST_CACHE).is_file()

@@ -312,3 +312,24 @@ def test_all_top_next_equals_top_next_of_every_pair(kb: KnowledgeStore) -> None:
     everything = kb.all_top_next(n=2)
     assert everything == {pair: kb.top_next(*pair, n=2) for pair in [("A", "B"), ("B", "C")]}
     assert everything[("A", "B")] == [("C", 4), ("E", 4)]
+
+
+def test_write_many_equals_writing_each_partition_and_commits_once_per_table(tmp_path: Path) -> None:
+    one_by_one, together = store(tmp_path / "a"), store(tmp_path / "b")
+    trends = {DAY: {"A": 3, "B": 1}}
+    first = {p: counts({("A", "B"): {"C": p + 1, "D": 1}, ("B", "C"): {"A": 2}}, trends=trends) for p in range(4)}
+    later = {p: counts({("A", "B"): {"C": p + 5}, ("B", "C"): {"A": 2}}, trends={DAY: {"A": 4}}) for p in range(4)}
+    for kb in (one_by_one, together):  # the first (full) writes
+        for p, c in first.items():
+            kb.write_partition_counts(p, c, T0)
+    versions = {name: kb._transitions.version for name, kb in (("t", together),)}
+    trend_version = together._trends.version
+    for p, c in later.items():  # D dropped to zero everywhere, a count changed, a trend gone
+        one_by_one.write_partition_counts(p, c, T0, pairs={("A", "B")})
+    together.write_many([together.prepare(p, c, T0, {("A", "B")}) for p, c in later.items()])
+    for a, b in (("A", "B"), ("B", "C")):
+        assert together.top_next(a, b, n=10) == one_by_one.top_next(a, b, n=10)
+    assert together.top_next("A", "B", n=10) == [("C", 5 + 6 + 7 + 8)]
+    assert together.row_counts() == one_by_one.row_counts()
+    assert together.trending(n=10) == one_by_one.trending(n=10)
+    assert together._transitions.version == versions["t"] + 1 and together._trends.version == trend_version + 1
