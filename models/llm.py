@@ -157,17 +157,22 @@ class NovelClusterPredictor:
     def model_version(self) -> str:
         return self._model_version
 
-    def predict(self, history: tuple[str, str], knowledge: Knowledge | None, method: str | None = None
-                ) -> Prediction:
-        """The novel cluster for a user whose two latest distinct clusters are `history` (older, latest)."""
-        method = method or self.method
-        _check_method(method)
+    def _candidates(self, history: tuple[str, str]) -> list[str]:
+        """The valid answers for `history`: every cluster outside it (a clear error for unknown clusters)."""
         unknown = [cid for cid in history if cid not in self.clusters.clusters]
         if unknown:
             raise ValueError(f"history names clusters not in version {self.clusters.version}: {unknown}")
         candidates = candidate_ids(history, self.clusters)
         if not candidates:
             raise ValueError("no cluster is left outside the history")
+        return candidates
+
+    def predict(self, history: tuple[str, str], knowledge: Knowledge | None, method: str | None = None
+                ) -> Prediction:
+        """The novel cluster for a user whose two latest distinct clusters are `history` (older, latest)."""
+        method = method or self.method
+        _check_method(method)
+        candidates = self._candidates(history)
         segments = prompt_segments(history, knowledge, self.clusters)
         with self._lock:
             started = time.perf_counter()
@@ -185,12 +190,7 @@ class NovelClusterPredictor:
         log-probability (its name's tokens and the end token, as ``score`` computes it), in cluster order. Softmax
         over the values gives the model's distribution over the valid answers (a ranking, hit@k, log-loss, and a
         product of experts with the retrieved counts)."""
-        unknown = [cid for cid in history if cid not in self.clusters.clusters]
-        if unknown:
-            raise ValueError(f"history names clusters not in version {self.clusters.version}: {unknown}")
-        candidates = candidate_ids(history, self.clusters)
-        if not candidates:
-            raise ValueError("no cluster is left outside the history")
+        candidates = self._candidates(history)
         with self._lock:
             scores, _, _ = self._candidate_scores(prompt_segments(history, knowledge, self.clusters), candidates)
         return {cid: float(score) for cid, score in zip(candidates, scores, strict=True)}

@@ -28,15 +28,13 @@ import pytest
 
 from infra.broker import LocalBroker
 from models.clusters import load_serving
-from models.reference import reference_counts
-from streams.app import consumer_group
 from streams.movielens import load_ratings
 from streams.replay import ReplayStats, publish_events
 from streams.settings import Settings
-from streams.state_reader import read_state_counts
 from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, create_topics, topic_name
 from tests.harness import free_port, group_caught_up, run_worker, topic_size, wait_until, while_alive
 from tests.integration.test_broker_lifecycle import _free_ports, needs_java
+from tests.integration.test_transitions_exactly_once import assert_counts_match_reference, caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,21 +72,6 @@ class Publisher:
         assert self.error is None, f"the replay failed: {self.error!r}"
         assert self.stats is not None and self.stats.failed == 0, self.stats
         return self.stats
-
-
-def caught_up(settings: Settings) -> bool:
-    group = consumer_group(settings, load_serving(settings).version)
-    return group_caught_up(settings, group, topic_name(settings, INTERACTIONS))
-
-
-def assert_counts_match_reference(settings: Settings, ratings) -> None:
-    clusters = load_serving(settings)
-    expected = reference_counts(ratings, clusters.cluster_of, settings)
-    actual = read_state_counts(settings, clusters.version)
-    assert actual.total, "no transitions were counted"
-    assert actual.total == expected.total
-    assert actual.daily == expected.daily
-    assert actual.trends == expected.trends
 
 
 def finish(settings: Settings, ratings, publisher: Publisher, tmp_path) -> None:
