@@ -100,3 +100,13 @@ def serving_settings(isolated_settings, serving_data_dir, movielens_dir) -> Sett
     for folder in ("clusters", "models"):
         shutil.copytree(serving_data_dir / folder, data_dir / folder)
     return isolated_settings.model_copy(update={"movielens_dir": movielens_dir})
+
+
+@pytest.fixture
+def default_env(monkeypatch):
+    """No EXPLORER_* variables: for tests about the shipped defaults (a developer's or CI's overrides, such as
+    another broker port, must not change what they check)."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("EXPLORER_")]:
+        monkeypatch.delenv(name)

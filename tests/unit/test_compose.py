@@ -22,7 +22,7 @@ def test_services_and_broker_image_match_the_local_broker_version():
     assert kafka["environment"]["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
 
 
-def test_host_port_is_the_default_bootstrap_and_workers_use_an_advertised_listener():
+def test_host_port_is_the_default_bootstrap_and_workers_use_an_advertised_listener(default_env):
     compose = load_compose()
     kafka = compose["services"]["kafka"]
     default = Settings()

@@ -52,7 +52,7 @@ def test_librdkafka_gets_sasl_tls_and_the_client_certificate():
     }
 
 
-def test_plaintext_stays_as_it_was():
+def test_plaintext_stays_as_it_was(default_env):
     assert confluent_config(Settings(), **{"group.id": "g"}) == {
         "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "plaintext", "group.id": "g"}
     assert faust_broker_credentials(Settings()) is None
