@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.batching import RecordBatch, SourceRecord, keep_queued_events_on_resume
-from agents.health import Priority
+from agents.priority import Priority
 from agents.outbox import Outbox, OutboxUnit
 from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
 from models.partition_state import DIRECT, REROUTED, BatchResult, PartitionState
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import faust
 
     from agents.acks import Acker
-    from agents.health import Health, Priority
+    from agents.health import Health
     from agents.state import StateTable
     from streams.metrics import Metrics
     from streams.settings import Settings
@@ -98,7 +98,7 @@ class IngestAgent:
 
     async def _process(self, batch: RecordBatch) -> OutboxUnit:
         started = time.monotonic()
-        metrics, settings = self.metrics, self.settings
+        metrics = self.metrics
         unit = self.outbox.unit()
         rerouted = batch.topic == self.topics.repartition
         source = REROUTED if rerouted else DIRECT

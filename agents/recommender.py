@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.batching import RecordBatch, SourceRecord, keep_queued_events_on_resume
-from agents.health import Priority
+from agents.priority import Priority
 from agents.outbox import Outbox, OutboxUnit
 from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
 from models.pair_table import infer

@@ -58,7 +58,7 @@ from models.knowledge_rows import (
     window_days_of,
     window_name,
 )
-from models.counts import AllCounts, Pair, day_of
+from models.counts import AllCounts, Pair
 
 from streams.settings import DEFAULT_DEPLOYMENT
 

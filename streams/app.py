@@ -15,7 +15,8 @@ import faust
 from agents import ingest, knowledge_sync, pair_refresh, recommender
 from agents.acks import Acker
 from agents.batching import ExplorerApp
-from agents.health import Health, Priority
+from agents.health import Health
+from agents.priority import Priority
 from agents.outbox import Outbox
 from agents.state import StateTable
 from streams import codec

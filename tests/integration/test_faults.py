@@ -27,12 +27,11 @@ import orjson
 import pytest
 
 from infra.broker import LocalBroker
-from models.clusters import load_serving
 from streams.movielens import load_ratings
 from streams.replay import ReplayStats, publish_events
 from streams.settings import Settings
 from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, create_topics, topic_name
-from tests.harness import free_port, group_caught_up, run_worker, topic_size, wait_until, while_alive
+from tests.harness import free_port, run_worker, topic_size, wait_until, while_alive
 from tests.integration.test_broker_lifecycle import _free_ports, needs_java
 from tests.integration.test_transitions_exactly_once import assert_counts_match_reference, caught_up
 
