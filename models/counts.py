@@ -145,7 +145,8 @@ def read_counts(stores: Iterable[Mapping[str, Any]]) -> AllCounts:
     return normalized(result)
 
 
-def _window_days(days: int, now_ts: float) -> range:
+def window_days_range(days: int, now_ts: float) -> range:
+    """The daily buckets of the ``days`` window ending with ``now_ts``'s day."""
     if days < 1:
         raise ValueError(f"a window is at least one day, not {days}")
     last = day_of(now_ts)
@@ -159,7 +160,7 @@ def window_counts(counts: AllCounts, days: int, now_ts: float) -> TransitionCoun
     ``now_ts``'s own day.
     """
     out: TransitionCounts = {}
-    for day in _window_days(days, now_ts):
+    for day in window_days_range(days, now_ts):
         bucket = counts.daily.get(day)
         if not bucket:
             continue
@@ -172,7 +173,7 @@ def window_counts(counts: AllCounts, days: int, now_ts: float) -> TransitionCoun
 def window_trends(counts: AllCounts, days: int, now_ts: float) -> dict[str, int]:
     """Positive engagements per cluster in the same window as :func:`window_counts`."""
     out: dict[str, int] = {}
-    for day in _window_days(days, now_ts):
+    for day in window_days_range(days, now_ts):
         for cluster, n in counts.trends.get(day, {}).items():
             out[cluster] = out.get(cluster, 0) + n
     return {c: n for c, n in out.items() if n}

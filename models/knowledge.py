@@ -25,7 +25,11 @@ values changed and deletes the partition's rows missing from them (count dropped
 rows that differ from what this process last wrote there (a partition has one writer), with a delete scope naming
 exactly the rows that vanished. LanceDB adds a fragment and a version per write, so every ``compact_every_writes``
 writes or ``compact_every_s`` seconds the store runs ``optimize``: compaction, the ``c1`` index brought up to date,
-and removal of versions older than ``cleanup_older_than_s``.
+and removal of versions older than ``cleanup_older_than_s``. With ``compact_in_background`` (the worker's setting)
+that runs on a thread and connection of its own, so writes (freshness) never wait behind a compaction: LanceDB
+resolves or retries a merge that meets a concurrent compaction, and a compaction that loses the race to a merge is
+tried again at the next round -- after ``MAX_LOST_COMPACTIONS`` losses in a row, on the writer's thread, which
+cannot lose to its own writes, so fragments stay bounded however busy the writes are.
 
 Freshness: the connection re-checks a table's latest version on a read at most every ``refresh_s`` seconds
 (LanceDB's ``read_consistency_interval``); :meth:`KnowledgeStore.refresh` forces it.
@@ -34,6 +38,7 @@ Freshness: the connection re-checks a table's latest version on a read at most e
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -83,6 +88,8 @@ TRENDS_SCHEMA = pa.schema([
 ])
 
 By = Literal["count", "trend"]
+# Background compactions lost to concurrent merges in a row before one runs on the writer's thread instead.
+MAX_LOST_COMPACTIONS = 3
 
 
 def clusters_schema(dim: int) -> pa.Schema:
@@ -129,6 +136,7 @@ class KnowledgeStore:
         compact_every_writes: int | None = 20,
         compact_every_s: float | None = 20.0,
         cleanup_older_than_s: float = 60.0,
+        compact_in_background: bool = False,
         full_write_every_s: float = 300.0,
         embedder: Embedder | None = None,
         storage_options: dict[str, str] | None = None,
@@ -147,6 +155,7 @@ class KnowledgeStore:
         self.cleanup_older_than = timedelta(seconds=cleanup_older_than_s)
         self.full_write_every_s = full_write_every_s
         self._clock = clock
+        self._uri, self._storage_options = uri, storage_options
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=refresh_s),
                                    storage_options=storage_options)
         self._transitions = self._db.create_table(deployment_table(deployment, TRANSITIONS), schema=TRANSITIONS_SCHEMA,
@@ -158,9 +167,15 @@ class KnowledgeStore:
         self._written: dict[int, PartitionRows] = {}
         self._writes_since_compact = 0
         self._last_compact = clock()
+        self.compact_in_background = compact_in_background
+        self._compaction: threading.Thread | None = None
+        self._compactor_tables: dict[str, Any] | None = None
+        self.compactions = {"done": 0, "lost": 0, "inline": 0}
+        self._lost_in_a_row = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, clusters_version: str, **options: Any) -> KnowledgeStore:
+        options.setdefault("compact_in_background", settings.knowledge_compact_in_background)
         return cls(settings.resolved_lancedb_uri(), clusters_version, window_days=settings.window_days,
                    deployment=settings.deployment_id(), **options)
 
@@ -190,7 +205,7 @@ class KnowledgeStore:
         written = self._written.get(partition)
         full = written is None or self._clock() - written.synced_at >= self.full_write_every_s
         return partition_update(partition, counts, as_of, self.window_days, self.trend_history,
-                                None if full else pairs)
+                                None if full else pairs, last_day=None if full else written.day)
 
     def write(self, update: PartitionUpdate) -> None:
         """Write a prepared update (any thread; one writer per partition). A full update compares every row with
@@ -225,10 +240,7 @@ class KnowledgeStore:
         transitions, transitions_gone, trends, trends_gone = [], [], [], []
         for update in incremental:
             written = self._written[update.partition]
-            changed, gone = diff(written.all_rows(update.pairs or frozenset()), update.all_rows)
-            changed_windows, gone_windows = diff(written.windows, update.window_rows)
-            changed.update(changed_windows)
-            gone.extend(gone_windows)
+            changed, gone = self._transition_diff(written, update)
             if changed:
                 transitions.append(self._transition_data(update.partition, changed, now))
             if gone:
@@ -246,10 +258,7 @@ class KnowledgeStore:
             data = pa.concat_tables(trends) if trends else TRENDS_SCHEMA.empty_table()
             self._merge(self._trends, TREND_KEY, data, delete_missing=either(trends_gone))
         for update in incremental:
-            written = self._written[update.partition]
-            written.replace(update.pairs or frozenset(), update.all_rows)
-            written.windows = dict(update.window_rows)
-            written.trends = dict(update.trends)
+            self._written[update.partition].record(update)
         self._writes_since_compact += 1
         self._maybe_compact()
 
@@ -272,21 +281,25 @@ class KnowledgeStore:
         """Send what differs from ``written``: all-time rows of the changed pairs, and every day-window row."""
         now = self._clock()
         partition = update.partition
-        pairs = update.pairs or frozenset()
-        changed, gone = diff(written.all_rows(pairs), update.all_rows)
-        changed_windows, gone_windows = diff(written.windows, update.window_rows)
-        changed.update(changed_windows)
-        gone.extend(gone_windows)
+        changed, gone = self._transition_diff(written, update)
         if changed or gone:
             self._merge(self._transitions, TRANSITION_KEY, self._transition_data(partition, changed, now),
                         delete_missing=self._gone_filter(partition, transitions_filter(gone)))
-        written.replace(pairs, update.all_rows)
-        written.windows = dict(update.window_rows)
         changed_trends, gone_trends = diff(written.trends, update.trends)
         if changed_trends or gone_trends:
             self._merge(self._trends, TREND_KEY, self._trend_data(partition, changed_trends, now),
                         delete_missing=self._gone_filter(partition, trends_filter(gone_trends)))
-        written.trends = dict(update.trends)
+        written.record(update)
+
+    @staticmethod
+    def _transition_diff(written: PartitionRows, update: PartitionUpdate) -> tuple[dict[RowKey, int], list[RowKey]]:
+        """Rows to upsert and rows gone: all-time rows of the update's pairs, day-window rows of its window pairs
+        (every pair's when the window moved to a new day)."""
+        changed, gone = diff(written.all_rows(update.pairs or frozenset()), update.all_rows)
+        changed_windows, gone_windows = diff(written.window_rows(update.window_pairs), update.window_rows)
+        changed.update(changed_windows)
+        gone.extend(gone_windows)
+        return changed, gone
 
     def upsert_clusters(self, cluster_set: ClusterSet) -> None:
         """Store (and embed) the clusters of this store's version; clusters no longer in the set are removed."""
@@ -346,24 +359,65 @@ class KnowledgeStore:
         """Compact after ``compact_every_writes`` writes or ``compact_every_s`` seconds (None: never)."""
         by_count = self.compact_every_writes is not None and self._writes_since_compact >= self.compact_every_writes
         by_time = self.compact_every_s is not None and self._clock() - self._last_compact >= self.compact_every_s
-        if by_count or by_time:
+        if not (by_count or by_time):
+            return
+        if not self.compact_in_background or self._lost_in_a_row >= MAX_LOST_COMPACTIONS:
             self.compact()
+            return
+        if self._compaction is not None and self._compaction.is_alive():
+            return  # one at a time; the next write checks again
+        self._writes_since_compact = 0
+        self._last_compact = self._clock()
+        self._compaction = threading.Thread(target=self._compact_in_background, name="knowledge-compactor",
+                                            daemon=True)
+        self._compaction.start()
 
     def compact(self) -> None:
-        """Merge small fragments, bring the index up to date and drop versions older than ``cleanup_older_than_s``.
+        """Merge small fragments, bring the index up to date and drop versions older than ``cleanup_older_than_s``,
+        on this thread (the writer's: it cannot lose to this store's own writes).
 
-        Writers of other partitions commit meanwhile, and a compaction that loses such a race fails (LanceDB's
+        Writers of other processes commit meanwhile, and a compaction that loses such a race fails (LanceDB's
         "Retryable commit conflict"): the data is intact, and the next round, here or in another process, compacts.
         """
-        for name, table in self._tables().items():
+        self.wait_for_compaction()
+        lost = self._optimize(self._tables())
+        self.compactions["inline"] += 1
+        self._lost_in_a_row = self._lost_in_a_row + 1 if lost else 0
+        self._writes_since_compact = 0
+        self._last_compact = self._clock()
+
+    def wait_for_compaction(self, timeout_s: float | None = None) -> None:
+        """Until a background compaction in flight has finished (tests, shutdown)."""
+        if self._compaction is not None:
+            self._compaction.join(timeout_s)
+
+    def _compact_in_background(self) -> None:
+        # Its own connection: it checks out the latest version itself and never shares a handle with the writer.
+        try:
+            if self._compactor_tables is None:
+                db = lancedb.connect(self._uri, read_consistency_interval=timedelta(0),
+                                     storage_options=self._storage_options)
+                self._compactor_tables = {name: db.open_table(deployment_table(self.deployment, name))
+                                          for name in (TRANSITIONS, TRENDS, CLUSTERS)}
+            lost = self._optimize(self._compactor_tables)
+        except Exception:  # upkeep only: the data is intact, the next round compacts again
+            log.exception("background compaction of the knowledge store failed; next round retries")
+            lost = True
+        self.compactions["lost" if lost else "done"] += 1
+        self._lost_in_a_row = self._lost_in_a_row + 1 if lost else 0
+
+    def _optimize(self, tables: Mapping[str, Any]) -> bool:
+        """``optimize`` every table; True when one of them lost a commit race (and stays uncompacted till next time)."""
+        lost = False
+        for name, table in tables.items():
             try:
                 table.optimize(cleanup_older_than=self.cleanup_older_than)
             except RuntimeError as exc:
                 if not lost_race(exc):
                     raise
+                lost = True
                 log.info("compacting the %s table lost a race with another writer; next round: %s", name, exc)
-        self._writes_since_compact = 0
-        self._last_compact = self._clock()
+        return lost
 
     def fragment_counts(self) -> dict[str, int]:
         """Fragments in each table's latest version (what compaction keeps bounded)."""

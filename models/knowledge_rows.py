@@ -18,7 +18,7 @@ from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from models.counts import AllCounts, Pair, TransitionCounts, day_of, window_counts
+from models.counts import AllCounts, Pair, TransitionCounts, day_of, window_counts, window_days_range
 
 ALL = "all"
 TREND_HISTORY = 4
@@ -89,11 +89,27 @@ def diff(old: Mapping[K, V], new: Mapping[K, V]) -> tuple[dict[K, V], list[K]]:
     return {k: v for k, v in new.items() if old.get(k) != v}, [k for k in old if k not in new]
 
 
+def pair_window_rows(counts: AllCounts, as_of: float, window_days: Iterable[int],
+                     pairs: Iterable[Pair]) -> dict[RowKey, int]:
+    """The day-window rows of ``pairs`` only: what :func:`window_counts` gives for them, without the other pairs."""
+    rows: dict[RowKey, int] = {}
+    for days in window_days:
+        window = window_name(days)
+        buckets = [bucket for day in window_days_range(days, as_of) if (bucket := counts.daily.get(day))]
+        for pair in pairs:
+            summed: dict[str, int] = {}
+            for bucket in buckets:
+                for c3, n in bucket.get(pair, {}).items():
+                    summed[c3] = summed.get(c3, 0) + n
+            rows.update(((pair[0], pair[1], c3, window), n) for c3, n in summed.items() if n)
+    return rows
+
+
 @dataclass
 class PartitionUpdate:
     """The rows of one partition a write must make true, computed where the counts live (the worker's event loop)
     and written elsewhere (a LanceDB thread): "all"-window rows of ``pairs`` (every pair when ``pairs`` is None),
-    and every row of the day windows and of the trends."""
+    day-window rows of ``window_pairs`` (every pair when None), and every trend row."""
 
     partition: int
     day: int
@@ -101,18 +117,34 @@ class PartitionUpdate:
     all_rows: dict[RowKey, int]
     window_rows: dict[RowKey, int]
     trends: dict[TrendKey, Trend]
+    window_pairs: frozenset[Pair] | None = None
 
 
 def partition_update(partition: int, counts: AllCounts, as_of: float, window_days: Iterable[int],
-                     history: int = TREND_HISTORY, pairs: Collection[Pair] | None = None) -> PartitionUpdate:
-    """Rows for a write: day windows and trends are recomputed whole (they only span the last days, and move with
-    every new day), the all-time rows only for the pairs that changed."""
+                     history: int = TREND_HISTORY, pairs: Collection[Pair] | None = None,
+                     last_day: int | None = None) -> PartitionUpdate:
+    """Rows for a write: the all-time rows only for the pairs that changed; the day-window rows too when the
+    window has not moved since the last write (``last_day``, its day, is ``as_of``'s), and whole otherwise (a new
+    day moves every pair's window: once a day, not every sync); trends whole (a row per cluster and window)."""
+    window_days = tuple(window_days)
     scope = None if pairs is None else frozenset(pairs)
-    window_rows: dict[RowKey, int] = {}
-    for days in window_days:
-        window_rows.update(_rows_of(window_counts(counts, days, as_of), window_name(days), None))
-    return PartitionUpdate(partition, day_of(as_of), scope, dict(_rows_of(counts.total, ALL, scope)), window_rows,
-                           trend_rows(counts, as_of, window_days, history))
+    day = day_of(as_of)
+    window_scope = scope if last_day == day else None
+    if window_scope is None:
+        window_rows: dict[RowKey, int] = {}
+        for days in window_days:
+            window_rows.update(_rows_of(window_counts(counts, days, as_of), window_name(days), None))
+    else:
+        window_rows = pair_window_rows(counts, as_of, window_days, window_scope)
+    return PartitionUpdate(partition, day, scope, dict(_rows_of(counts.total, ALL, scope)), window_rows,
+                           trend_rows(counts, as_of, window_days, history), window_scope)
+
+
+def _by_pair(rows: Mapping[RowKey, int]) -> dict[Pair, dict[RowKey, int]]:
+    grouped: dict[Pair, dict[RowKey, int]] = {}
+    for key, n in rows.items():
+        grouped.setdefault((key[0], key[1]), {})[key] = n
+    return grouped
 
 
 @dataclass
@@ -121,26 +153,46 @@ class PartitionRows:
     the difference."""
 
     synced_at: float
-    windows: dict[RowKey, int]
     trends: dict[TrendKey, Trend]
+    day: int | None = None  # the day its window rows end with
     all_by_pair: dict[Pair, dict[RowKey, int]] = field(default_factory=dict)
+    windows_by_pair: dict[Pair, dict[RowKey, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, update: PartitionUpdate, synced_at: float) -> PartitionRows:
-        rows = cls(synced_at, dict(update.window_rows), dict(update.trends))
-        rows.replace(None, update.all_rows)
+        rows = cls(synced_at, dict(update.trends))
+        rows.record(update)
         return rows
 
     def all_rows(self, pairs: Collection[Pair] | None) -> dict[RowKey, int]:
-        groups = self.all_by_pair.values() if pairs is None else (self.all_by_pair.get(p, {}) for p in pairs)
+        return self._rows(self.all_by_pair, pairs)
+
+    def window_rows(self, pairs: Collection[Pair] | None) -> dict[RowKey, int]:
+        return self._rows(self.windows_by_pair, pairs)
+
+    @staticmethod
+    def _rows(by_pair: dict[Pair, dict[RowKey, int]], pairs: Collection[Pair] | None) -> dict[RowKey, int]:
+        groups = by_pair.values() if pairs is None else (by_pair.get(p, {}) for p in pairs)
         return {key: n for group in groups for key, n in group.items()}
 
     def replace(self, pairs: Collection[Pair] | None, all_rows: Mapping[RowKey, int]) -> None:
         """Record ``all_rows`` as the "all"-window rows of ``pairs`` (of every pair when None)."""
+        self._replace(self.all_by_pair, pairs, all_rows)
+
+    def record(self, update: PartitionUpdate) -> None:
+        """Remember what a written ``update`` made true."""
+        self._replace(self.all_by_pair, update.pairs, update.all_rows)
+        self._replace(self.windows_by_pair, update.window_pairs, update.window_rows)
+        self.trends = dict(update.trends)
+        self.day = update.day
+
+    @staticmethod
+    def _replace(by_pair: dict[Pair, dict[RowKey, int]], pairs: Collection[Pair] | None,
+                 rows: Mapping[RowKey, int]) -> None:
         if pairs is None:
-            self.all_by_pair = {}
+            by_pair.clear()
         else:
             for pair in pairs:
-                self.all_by_pair.pop(pair, None)
-        for key, n in all_rows.items():
-            self.all_by_pair.setdefault((key[0], key[1]), {})[key] = n
+                by_pair.pop(pair, None)
+        for pair, group in _by_pair(rows).items():
+            by_pair[pair] = group

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # How often changed counts are written to LanceDB (one merge per table per round): retrieval freshness on an
     # idle worker is about this plus one write (p50 0.29 s at 0.2 s, 0.59 s at 0.5 s; bench.freshness).
     knowledge_sync_interval_s: float = Field(0.2, gt=0)
+    # Compact the LanceDB tables on a thread of their own, so a sync never waits behind a compaction (1-2 s on
+    # 2 busy cores); off: the writer compacts between writes, as before.
+    knowledge_compact_in_background: bool = True
 
     # --- sequence recommender (models/sequence/; SequenceConfig reads every sequence_<field>) ---
     sequence_seed: int = 7

@@ -4,6 +4,8 @@ compaction and visibility to other instances."""
 from __future__ import annotations
 
 import multiprocessing
+import random
+import threading
 import time
 from pathlib import Path
 
@@ -11,10 +13,10 @@ import numpy as np
 import pytest
 
 from models.clusters import Cluster, ClusterSet
-from models.knowledge import KnowledgeStore
+from models.knowledge import MAX_LOST_COMPACTIONS, KnowledgeStore
 from models.knowledge_embedding import HashingEmbedder, words
 from models.knowledge_rows import PartitionRows, diff, partition_update, transition_rows, trend_rows
-from models.counts import DAY_S, AllCounts, TransitionCounts
+from models.counts import DAY_S, AllCounts, TransitionCounts, day_of
 
 DAY = 1_000
 T0 = DAY * DAY_S + 3_600.0  # an hour into day DAY
@@ -248,6 +250,52 @@ def test_writer_processes_started_together_do_not_disturb_each_other(tmp_path: P
     assert store(tmp_path).top_next("A", "B") == [("C", 40), ("D", 3)]
 
 
+def test_incremental_day_window_rows_equal_a_full_write_across_days(tmp_path: Path) -> None:
+    """Syncs send day-window rows of the changed pairs only while the day stays the same, and every pair's when a
+    new day moves the windows: after days of that, the table holds exactly what one full write would."""
+    rng = random.Random(11)
+    kb = store(tmp_path / "incremental", compact_every_writes=None, compact_every_s=None)
+    total: TransitionCounts = {}
+    all_counts = AllCounts(total=total)
+    as_of = T0
+    names = "ABCDEF"
+    for step in range(80):
+        changed = set()
+        for _ in range(rng.randint(1, 4)):
+            pair, c3 = (rng.choice(names), rng.choice(names)), rng.choice(names)
+            day = day_of(as_of) - rng.choice((0, 0, 0, 1))  # some late events land in yesterday's bucket
+            for target in (total, all_counts.daily.setdefault(day, {})):
+                row = target.setdefault(pair, {})
+                row[c3] = row.get(c3, 0) + 1
+            trend = all_counts.trends.setdefault(day, {})
+            trend[c3] = trend.get(c3, 0) + 1
+            changed.add(pair)
+        if rng.random() < 0.2:
+            as_of += DAY_S  # windows move: pairs nobody touched today lose their oldest day
+        if step % 2:
+            kb.write_partition_counts(0, all_counts, as_of, pairs=changed)
+        else:
+            kb.write_many([kb.prepare(0, all_counts, as_of, changed)])
+    assert day_of(as_of) - day_of(T0) >= 10  # long enough for rows to fall out of the 7-day window
+    reference = store(tmp_path / "full")
+    reference.write_partition_counts(0, all_counts, as_of)
+    for window in ("all", "7d", "30d"):
+        assert kb.all_top_next(n=10, window=window) == reference.all_top_next(n=10, window=window), window
+    assert kb.trending(n=10, window="7d") == reference.trending(n=10, window="7d")
+
+
+def test_a_sync_within_one_day_computes_window_rows_of_the_changed_pairs_only(tmp_path: Path) -> None:
+    kb = store(tmp_path)
+    many = {(f"A{i}", "B"): {"C": 1} for i in range(50)}
+    kb.write_partition_counts(0, counts(many), T0)
+    many[("A0", "B")] = {"C": 2}
+    update = kb.prepare(0, counts(many), T0 + 60, pairs={("A0", "B")})
+    assert update.window_pairs == {("A0", "B")}
+    assert update.window_rows == {("A0", "B", "C", "7d"): 2, ("A0", "B", "C", "30d"): 2}
+    next_day = kb.prepare(0, counts(many), T0 + DAY_S, pairs={("A0", "B")})
+    assert next_day.window_pairs is None and len(next_day.window_rows) == 2 * 50  # the windows moved: every pair
+
+
 # ------------------------------------------------------------------------------------------------ compaction
 def test_fragments_stay_bounded_with_auto_compaction(tmp_path: Path) -> None:
     kb = store(tmp_path, compact_every_writes=20, compact_every_s=None)
@@ -273,6 +321,59 @@ def test_compaction_also_runs_on_a_timer(tmp_path: Path) -> None:
     kb.write_partition_counts(0, counts(total), T0)
     assert kb.fragment_counts()["transitions"] == 1
     assert kb.top_next("A4", "B") == [("C", 5)]
+
+
+def test_a_write_never_waits_for_a_background_compaction(tmp_path: Path) -> None:
+    kb = store(tmp_path, compact_every_writes=3, compact_every_s=None, compact_in_background=True)
+    release, started = threading.Event(), threading.Event()
+    real_optimize = kb._optimize
+
+    def slow_in_background(tables):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "knowledge-compactor":
+            started.set()
+            assert release.wait(30), "the test never released the compaction"
+        return real_optimize(tables)
+
+    kb._optimize = slow_in_background  # type: ignore[method-assign]
+    total: TransitionCounts = {}
+    for i in range(12):  # the 3rd write starts a compaction that blocks until released; 9 more writes go through
+        total[(f"A{i}", "B")] = {"C": i + 1}  # a new row each write: a new fragment each write
+        kb.write_partition_counts(0, counts(total), T0, pairs={(f"A{i}", "B")})
+        assert kb.top_next(f"A{i}", "B") == [("C", i + 1)]
+    assert started.is_set() and kb.compactions == {"done": 0, "lost": 0, "inline": 0}
+    assert kb.fragment_counts()["transitions"] >= 10  # nothing compacted meanwhile
+    release.set()
+    kb.wait_for_compaction(30)
+    assert kb.compactions["done"] == 1
+    assert kb.fragment_counts()["transitions"] <= 12 - 3 + 1  # what was there when it started became one fragment
+    assert [kb.top_next(f"A{i}", "B") for i in range(12)] == [[("C", i + 1)] for i in range(12)]
+
+
+def test_background_compaction_keeps_up_with_busy_writes(tmp_path: Path) -> None:
+    kb = store(tmp_path, compact_every_writes=10, compact_every_s=None, compact_in_background=True)
+    most = 0
+    for i in range(150):
+        kb.write_partition_counts(i % 3, counts({("A", "B"): {"C": i + 1}, (f"X{i}", "B"): {"C": 1}}), T0,
+                                  pairs={("A", "B"), (f"X{i}", "B")})
+        most = max(most, kb.fragment_counts()["transitions"])
+    kb.wait_for_compaction(60)
+    assert kb.compactions["done"] + kb.compactions["lost"] + kb.compactions["inline"] >= 5
+    assert most <= 60, f"fragments grew to {most}: compaction fell behind"
+    assert kb.top_next("A", "B") == [("C", 148 + 149 + 150)]  # each partition's last count, summed
+    assert kb.top_next("X149", "B") == [("C", 1)]
+
+
+def test_compactions_lost_in_a_row_fall_back_to_the_writer_thread(tmp_path: Path) -> None:
+    kb = store(tmp_path, compact_every_writes=2, compact_every_s=None, compact_in_background=True)
+    real_optimize = kb._optimize
+    kb._optimize = lambda tables: (  # type: ignore[method-assign]
+        True if threading.current_thread().name == "knowledge-compactor" else real_optimize(tables))
+    for i in range(2 * (MAX_LOST_COMPACTIONS + 1)):
+        kb.write_partition_counts(0, counts({("A", "B"): {"C": i + 1}}), T0, pairs={("A", "B")})
+        kb.wait_for_compaction(30)  # let each background attempt finish (and lose) before the next write
+    assert kb.compactions == {"done": 0, "lost": MAX_LOST_COMPACTIONS, "inline": 1}
+    assert kb.fragment_counts()["transitions"] == 1  # the writer's own compaction cannot lose to its writes
+    assert kb.top_next("A", "B") == [("C", 2 * (MAX_LOST_COMPACTIONS + 1))]
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
