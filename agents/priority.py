@@ -1,9 +1,32 @@
 """Requests before bulk work on a worker's one event loop (the recommender marks requests in flight, the ingest agent
-yields between slices of a batch)."""
+yields between slices of a batch), and the LLM's thread below both on the CPU."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def lower_thread_priority(nice: int) -> Callable[[], None]:
+    """A thread initializer that makes the calling thread ``nice`` steps nicer (Linux: niceness is per thread and
+    threads it starts inherit it; raising it needs no privilege). Elsewhere, or when refused, it logs and runs at
+    normal priority: only speed depends on it."""
+
+    def lower() -> None:
+        if nice <= 0:
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except (AttributeError, OSError) as exc:
+            log.info("could not lower the priority of thread %s: %s", threading.current_thread().name, exc)
+
+    return lower
 
 
 class Priority:

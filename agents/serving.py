@@ -15,6 +15,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agents.priority import lower_thread_priority
 from models.pair_table import Pair, PairPrediction
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING
 from models.recommend import NO_MODEL, members_by_cluster
@@ -98,8 +99,9 @@ class Serving:
     def __post_init__(self) -> None:
         if self.io_executor is None:
             self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender-io")
-        if self.llm_executor is None:
-            self.llm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        if self.llm_executor is None:  # below ingestion and table hits on the CPU (agents/priority.py)
+            self.llm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm",
+                                                   initializer=lower_thread_priority(self.settings.llm_nice))
         self.requests_waiting_for_llm = 0
         self.llm_free_for_refresh = asyncio.Event()
         self.llm_free_for_refresh.set()

@@ -74,6 +74,7 @@ def main() -> None:
                 return time.perf_counter() - started
 
             idle = [probe(f"probe-{n}") for n in range(args.probes)]
+            before_replay = worker.metrics()
             if args.under_replay:
                 now = time.time()  # the replay's event time ends now: nothing of it is late next to the probes
                 events = synthetic_events(args.under_replay, users=5_000, seed=5, start_ts=now - 3_600.0,
@@ -89,6 +90,16 @@ def main() -> None:
                 replay_seconds = time.perf_counter() - started
             fragments = reader.fragment_counts()
             metrics = worker.metrics()
+
+    def slower(name: str, le: str) -> float:  # observations above the bucket bound `le` over the loaded phase
+        def above(samples: dict[str, float]) -> float:
+            return samples.get(f"{name}_count", 0) - samples.get(f"{name}_bucket{{le={le}}}", 0)
+        return above(metrics) - above(before_replay)
+
+    def mean_ms(name: str, labels: str = "") -> str:  # mean of a histogram over the loaded phase
+        count = metrics.get(f"{name}_count{labels}", 0) - before_replay.get(f"{name}_count{labels}", 0)
+        total = metrics.get(f"{name}_sum{labels}", 0) - before_replay.get(f"{name}_sum{labels}", 0)
+        return f"{1000 * total / count:,.0f} ms over {count:,.0f}" if count else "none"
 
     def row(name: str, values: list[float]) -> tuple[str, str]:
         ordered = sorted(values)
@@ -108,6 +119,18 @@ def main() -> None:
         ("knowledge syncs", f"{metrics.get('explorer_knowledge_sync_seconds_count', 0):,.0f}, mean "
          f"{1000 * metrics.get('explorer_knowledge_sync_seconds_sum', 0) / max(1, metrics.get('explorer_knowledge_sync_seconds_count', 0)):,.0f} ms each"),
     ]
+    if loaded:  # where a probe's time goes under the replay (means over that phase)
+        rows += [
+            ("under the replay: a batch's oldest record, appended -> processed", mean_ms("explorer_event_latency_seconds")),
+            ("under the replay: batches whose oldest record waited over 0.5 / 1 / 2.5 s", " / ".join(
+                f"{slower('explorer_event_latency_seconds', le):,.0f}" for le in ("0.5", "1.0", "2.5"))),
+            ("under the replay: full garbage collections (gen 2), mean pause",
+             mean_ms("explorer_gc_pause_seconds", "{generation=2}")),
+            ("under the replay: processing one batch", mean_ms("explorer_batch_processing_seconds")),
+            ("under the replay: one knowledge sync", mean_ms("explorer_knowledge_sync_seconds")),
+            ("under the replay: knowledge syncs over 0.25 / 0.5 / 1 s", " / ".join(
+                f"{slower('explorer_knowledge_sync_seconds', le):,.0f}" for le in ("0.25", "0.5", "1.0"))),
+        ]
     print_table(rows)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -109,6 +112,21 @@ class Metrics:
         self.pair_table_rows = Gauge(
             "explorer_pair_table_rows", "Pair-table rows this worker serves from, for the current model", registry=r
         )
+
+    def watch_gc(self) -> None:
+        """Time the interpreter's garbage collections (a pause of the whole worker, event loop included): a full
+        collection over a large state is one of the things that can hold every batch back."""
+        pauses = Histogram("explorer_gc_pause_seconds", "Garbage collection pauses, by generation", ["generation"],
+                           buckets=_LATENCY_BUCKETS, registry=self.registry)
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pauses.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

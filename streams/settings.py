@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     # answered without the LLM (pair table or fallback), so the backlog drains instead of growing until expiry.
     llm_max_queue_wait_s: float = Field(30.0, gt=0)
     llm_threads: int = Field(1, ge=1)  # llama.cpp threads; more only helps on an otherwise idle machine
+    # The worker's LLM thread runs this much nicer than the rest (Linux thread niceness, 0: off): inference (the
+    # background pair refresh above all) then takes only the CPU that ingestion, the knowledge sync and table-hit
+    # answers leave, instead of a core of their two (bench.freshness, bench.recommend_latency).
+    llm_nice: int = Field(10, ge=0, le=19)
     auto_request_every: int = Field(0, ge=0)  # 0: off; N: a request after every N-th positive engagement of a user
     pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed (off: rows
     # are still stored and merged from other writers, never re-inferred here)

@@ -36,6 +36,7 @@ def worker(
         prepare_worker(settings, faust_app.conf.id, faust_app.explorer.topics)  # type: ignore[attr-defined]
     except (LimitsError, KafkaException) as exc:
         raise _fail(f"the worker cannot start: {exc}") from exc
+    faust_app.explorer.metrics.watch_gc()  # type: ignore[attr-defined]
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
 
 

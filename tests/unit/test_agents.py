@@ -434,3 +434,24 @@ def test_a_catching_up_worker_re_infers_nothing(lag: float) -> None:
         serving.close()
 
     asyncio.run(scenario())
+
+
+
+def test_the_llm_thread_runs_nicer_than_the_event_loop_thread() -> None:
+    import os
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def scenario(nice: int) -> tuple[int, int]:
+        serving = _serving(Settings(llm_nice=nice), FakeKnowledge({}, []), FakePairs(), None, Metrics())
+        try:
+            return niceness(), await serving.llm(niceness)
+        finally:
+            serving.close()
+
+    loop_nice, llm_nice = asyncio.run(scenario(7))
+    assert llm_nice == min(19, loop_nice + 7)
+    assert niceness() == loop_nice  # only the LLM's thread
+    loop_nice, llm_nice = asyncio.run(scenario(0))
+    assert llm_nice == loop_nice
