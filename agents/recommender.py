@@ -243,6 +243,7 @@ class RecommenderAgent:
 
     async def _request(self, request: RecommendationRequest, partition: int, record: SourceRecord) -> None:
         started = time.monotonic()
+        self.metrics.request_wait_seconds.observe(max(0.0, self.clock() - record.timestamp / 1000))
         serving = self.handler.serving
         await serving.ready.wait()
         async with self._slots, self._user_lock(request.user_id):

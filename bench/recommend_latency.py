@@ -122,10 +122,12 @@ def main() -> None:
                 replay = threading.Thread(target=publish_events, args=(settings, synthetic_events(
                     args.under_replay, users=5_000, seed=99, start_ts=893_300_000.0, user_prefix="load-")),
                     kwargs={"rate": args.replay_rate}, daemon=True)
+                before = worker.metrics()
                 replay.start()
                 wait_until(lambda: worker.metric("explorer_events_in_total") > args.ratings + 1_000, 60,
                            "the worker to ingest the replay")
                 loaded = timed_requests(settings, hit_users)
+                after = worker.metrics()
                 ingested = worker.metric("explorer_events_in_total") - args.ratings
                 replay.join()
 
@@ -144,7 +146,21 @@ def main() -> None:
         rows.append((name, f"n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, p95 "
                      f"{percentile(latencies, 0.95):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms, max "
                      f"{max(latencies):.0f} ms; sources {sources}"))
+    if loaded is not None:  # where a loaded request's time goes, from the worker's own histograms (means)
+        rows += [
+            ("  of which: appended -> the worker starts answering",
+             mean_ms(after, before, "explorer_request_wait_seconds")),
+            ("  of which: answering (table lookup, grounding, answer stored and delivered)",
+             mean_ms(after, before, "explorer_request_seconds", "{source=table}")),
+        ]
     print_table(rows)
+
+
+def mean_ms(after: dict[str, float], before: dict[str, float], name: str, labels: str = "") -> str:
+    """Mean of a worker histogram between two /metrics snapshots."""
+    count = after.get(f"{name}_count{labels}", 0) - before.get(f"{name}_count{labels}", 0)
+    total = after.get(f"{name}_sum{labels}", 0) - before.get(f"{name}_sum{labels}", 0)
+    return f"{1000 * total / count:,.0f} ms (mean of {count:,.0f})" if count else "none"
 
 
 if __name__ == "__main__":

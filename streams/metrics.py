@@ -94,6 +94,10 @@ class Metrics:
             "explorer_duplicate_requests", "Requests whose request_id was answered before (the same answer is re-sent)",
             registry=r,
         )
+        self.request_wait_seconds = Histogram(
+            "explorer_request_wait_seconds", "Request appended to the broker -> this worker starts answering it (fetch,"
+            " queueing behind other work on the event loop)", buckets=_LATENCY_BUCKETS, registry=r,
+        )
         self.request_seconds = Histogram(
             "explorer_request_seconds", "Request consumed to recommendation sent, by source", ["source"],
             buckets=_LATENCY_BUCKETS, registry=r,
