@@ -46,9 +46,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Records per slice of a batch: the agent yields the event loop between slices (~5 ms each), so requests sharing
-# the worker wait at most that long behind a large batch of interactions.
-YIELD_EVERY = 250
+# Records per slice of a batch: the agent yields the event loop between slices (~1-2 ms each on a busy core). A
+# request needs several turns of the loop before it is answered (fetch response, Faust's getmany, the agent, two
+# deliveries) and waits one slice per turn: 250-event slices made that ~110 ms under a full-speed replay
+# (bench.recommend_latency), while a yield costs ~20 us.
+YIELD_EVERY = 50
 
 
 @dataclass(frozen=True)

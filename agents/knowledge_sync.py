@@ -1,8 +1,9 @@
 """The knowledge sync: keeps the LanceDB knowledge store (RAG side) in step with this worker's partitions.
 
 Every `knowledge_sync_interval_s`, each partition whose counts changed gets its rows prepared on the event loop --
-from the partition state's own count index, for the pairs that changed (day windows and trends whole: they span
-only the last days), so a sync costs what changed, not the size of the state -- and all of them are written in one
+from the partition state's own count index, for the pairs that changed (the day windows of every pair only on the
+first sync of a new day, when every window moves; trends whole: a row per cluster), so a sync costs what changed,
+not the size of the state -- and all of them are written in one
 merge per table (`KnowledgeStore.write_many`) from ONE executor thread, so LanceDB's I/O never blocks the event loop and one store instance never writes from two threads. Workers
 write only rows of their own partitions; readers sum over partitions. A failed write is retried at the next round
 with the same hints (nothing is lost), counted, and shows in /health.
