@@ -20,3 +20,10 @@ def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label.ljust(width)}  {value}")
+
+
+def histogram_mean_ms(after: dict[str, float], before: dict[str, float], name: str, labels: str = "") -> str:
+    """Mean of a worker histogram between two `/metrics` snapshots (`WorkerProcess.metrics()`), as text."""
+    count = after.get(f"{name}_count{labels}", 0) - before.get(f"{name}_count{labels}", 0)
+    total = after.get(f"{name}_sum{labels}", 0) - before.get(f"{name}_sum{labels}", 0)
+    return f"{1000 * total / count:,.0f} ms (mean of {count:,.0f})" if count else "none"

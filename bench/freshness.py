@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import isolated, print_table
+from bench.common import histogram_mean_ms, isolated, print_table
 from models.clusters import build_clusters
 from models.knowledge import KnowledgeStore
 from streams.records import InteractionEvent
@@ -96,10 +96,8 @@ def main() -> None:
             return samples.get(f"{name}_count", 0) - samples.get(f"{name}_bucket{{le={le}}}", 0)
         return above(metrics) - above(before_replay)
 
-    def mean_ms(name: str, labels: str = "") -> str:  # mean of a histogram over the loaded phase
-        count = metrics.get(f"{name}_count{labels}", 0) - before_replay.get(f"{name}_count{labels}", 0)
-        total = metrics.get(f"{name}_sum{labels}", 0) - before_replay.get(f"{name}_sum{labels}", 0)
-        return f"{1000 * total / count:,.0f} ms over {count:,.0f}" if count else "none"
+    def mean_ms(name: str, labels: str = "") -> str:  # over the loaded phase
+        return histogram_mean_ms(metrics, before_replay, name, labels)
 
     def row(name: str, values: list[float]) -> tuple[str, str]:
         ordered = sorted(values)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import isolated, print_table
+from bench.common import histogram_mean_ms, isolated, print_table
 from models.clusters import build_clusters
 from models.knowledge import KnowledgeStore
 from models.llm import NovelClusterPredictor
@@ -149,18 +149,11 @@ def main() -> None:
     if loaded is not None:  # where a loaded request's time goes, from the worker's own histograms (means)
         rows += [
             ("  of which: appended -> the worker starts answering",
-             mean_ms(after, before, "explorer_request_wait_seconds")),
+             histogram_mean_ms(after, before, "explorer_request_wait_seconds")),
             ("  of which: answering (table lookup, grounding, answer stored and delivered)",
-             mean_ms(after, before, "explorer_request_seconds", "{source=table}")),
+             histogram_mean_ms(after, before, "explorer_request_seconds", "{source=table}")),
         ]
     print_table(rows)
-
-
-def mean_ms(after: dict[str, float], before: dict[str, float], name: str, labels: str = "") -> str:
-    """Mean of a worker histogram between two /metrics snapshots."""
-    count = after.get(f"{name}_count{labels}", 0) - before.get(f"{name}_count{labels}", 0)
-    total = after.get(f"{name}_sum{labels}", 0) - before.get(f"{name}_sum{labels}", 0)
-    return f"{1000 * total / count:,.0f} ms (mean of {count:,.0f})" if count else "none"
 
 
 if __name__ == "__main__":

@@ -387,7 +387,7 @@ class KnowledgeStore:
         self._last_compact = self._clock()
 
     def wait_for_compaction(self, timeout_s: float | None = None) -> None:
-        """Until a background compaction in flight has finished (tests, shutdown)."""
+        """Until a background compaction in flight has finished (tests; an inline compaction waits for it)."""
         if self._compaction is not None:
             self._compaction.join(timeout_s)
 
