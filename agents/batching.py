@@ -20,6 +20,10 @@ Overridden Faust code (pinned by tests/unit/test_batching.py, which fails when a
   (or, before the first commit, the first offset fetched after the last seek).
 * `Consumer._wait_next_records` -- records already fetched for the app's latency topics (recommendation
   requests) are taken before any others, so a request does not wait behind a prefetched backlog of interactions;
+* `ThreadDelegateConsumer._commit` -- after a crash, Faust's stop path still commits (`wait_empty`), but the crash has
+  already stopped the consumer's thread, so that commit waited forever on a queue nobody reads and the failed worker
+  never exited. A crashed consumer commits nothing: what was acked is durable, and a restart re-reads from the last
+  commit (the changelog protocol skips what it already applied).
 * the producer is idempotent (`enable_idempotence`): a changelog batch that failed for good can never be followed
   by a later one of the same partition, so a recovered table is always a prefix of what was written.
 """
@@ -223,6 +227,13 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         await super().on_partitions_revoked(revoked)
 
     # ------------------------------------------------------------------ acks and commits
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if self.crashed:
+            log.warning("not committing %d partition(s) after a crash: a restart re-reads from the last commit",
+                        len(offsets))
+            return False
+        return await super()._commit(offsets)
+
     def ack_processed(self, batch: RecordBatch) -> bool:
         """The one way a batch gets acked: by the agent, after its outputs were delivered."""
         batch.processed = True

@@ -10,6 +10,8 @@ exit). The totals stay in the metrics (explorer_agent_restarts, explorer_process
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 OK, DEGRADED, FAILED = "ok", "degraded", "failed"
+EXIT_STUCK_AFTER_FATAL = 70  # the exit code of a worker that had to be stopped hard after a fatal error
 
 
 @dataclass
@@ -34,6 +37,12 @@ class Health:
     _last_progress: float = 0.0
     _last_consumed: float = -1.0
     _crash: Callable[[BaseException], Any] | None = None
+    # After a fatal error the worker stops through Faust's graceful path, which can hang (a commit queued to a
+    # consumer thread the crash already stopped); past this deadline the process exits hard, non-zero. A hard exit
+    # loses nothing: what is not committed is re-read by the restarted worker.
+    exit_deadline_s: float | None = None
+    _hard_exit: Callable[[int], Any] = os._exit
+    _deadline: threading.Timer | None = None
 
     def __post_init__(self) -> None:
         self._last_progress = self.clock()
@@ -69,8 +78,24 @@ class Health:
         if self.fatal is None:
             self.fatal = f"{where}: {type(exc).__name__}: {exc}"
             log.critical("FATAL, stopping the worker without committing past it: %s", self.fatal, exc_info=exc)
+            self._arm_exit_deadline()
         if self._crash is not None:
             await self._crash(exc)
+
+    def _arm_exit_deadline(self) -> None:
+        if self.exit_deadline_s is None:
+            return
+
+        def exit_now() -> None:
+            log.critical("the worker did not stop within %gs of the fatal error: exiting hard (code %d)",
+                         self.exit_deadline_s, EXIT_STUCK_AFTER_FATAL)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            self._hard_exit(EXIT_STUCK_AFTER_FATAL)
+
+        self._deadline = threading.Timer(self.exit_deadline_s, exit_now)
+        self._deadline.daemon = True  # a worker that stops in time exits without waiting for it
+        self._deadline.start()
 
     def status(self) -> tuple[str, list[str]]:
         reasons: list[str] = []

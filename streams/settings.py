@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(10.0, ge=3.0)
     # /health says "degraded" for this long after an absorbed fault (agent restart, retried send or event)
     health_degraded_window_s: float = Field(300.0, ge=0)
+    # A worker that reported a fatal error and is still running this long after exits hard (code 70): the graceful
+    # stop it starts can hang inside Faust. Generous, since the graceful stop also flushes what is in flight.
+    fatal_exit_deadline_s: float = Field(30.0, gt=0)
     # Records fetched per poll: the largest run of one partition an agent takes as one batch (agents/batching.py).
     stream_batch_size: int = Field(2_000, ge=1)
     # The producer's linger. Small: batches of a unit are built by the outbox itself (agents/outbox.py), so waiting

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from agents.health import EXIT_STUCK_AFTER_FATAL
 from infra.broker import LocalBroker
 from streams.movielens import load_ratings
 from streams.replay import ReplayStats, publish_events
@@ -217,6 +218,7 @@ def test_a_failed_delivery_stops_the_worker_loudly_and_a_restart_counts_exactly(
         wait_until(lambda: not worker.alive(), 300, "the worker to stop on the failed delivery", poll_s=0.1)
         code, log = worker.process.returncode, worker.log_tail(200)
     assert code != 0
+    assert code != EXIT_STUCK_AFTER_FATAL, "the graceful stop hung and the exit deadline had to end the worker"
     where = re.search(r"FATAL, stopping the worker without committing past it: delivery of the records of "
                       r"(?:ingest|request) batch (\S+):(\d+)@(\d+)\.\.(\d+)", log)
     assert where, log

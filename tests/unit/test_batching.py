@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Iterator
 
 import pytest
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage, Message
@@ -29,6 +29,7 @@ PINNED = {
     (Consumer, "_new_offset"): "1d2c7ea89a7ad4f1",
     (Consumer, "seek"): "b86a9fe05f956b30",
     (Consumer, "perform_seek"): "0e8c130ff4b0afd8",
+    (ThreadDelegateConsumer, "_commit"): "a20eec84e4b2ed50",
 }
 
 
@@ -82,6 +83,23 @@ def test_a_batch_is_acked_whole_and_only_once_processed(consumer: BatchingConsum
     assert consumer.ack_processed(skipped) is True
     assert consumer._new_offset(P0) == 5
     assert consumer.ack_processed(skipped) is False  # once
+
+
+def test_a_crashed_consumer_commits_nothing_instead_of_waiting_on_its_stopped_thread(
+        consumer: BatchingConsumer) -> None:
+    calls: list[dict] = []
+
+    class Thread:  # the consumer's thread; after a crash nobody would ever answer this call
+        async def commit(self, offsets: dict) -> bool:
+            calls.append(offsets)
+            return True
+
+    consumer._thread = Thread()  # type: ignore[assignment]
+    loop = asyncio.get_event_loop()
+    assert loop.run_until_complete(consumer._commit({P0: 5})) is True  # healthy: the commit goes to the thread
+    consumer._crash(RuntimeError("a failed delivery"))
+    assert loop.run_until_complete(consumer._commit({P0: 9})) is False
+    assert calls == [{P0: 5}]
 
 
 def test_no_commit_passes_an_unacked_batch_before_the_first_commit(consumer: BatchingConsumer) -> None:

@@ -1,8 +1,11 @@
 """/health's states: an absorbed fault degrades the worker for a while, a fatal one fails it for good."""
 
 import asyncio
+import threading
 
-from agents.health import DEGRADED, FAILED, OK, Health
+import pytest
+
+from agents.health import DEGRADED, EXIT_STUCK_AFTER_FATAL, FAILED, OK, Health
 
 
 class Clock:
@@ -55,3 +58,31 @@ def test_a_fatal_error_fails_the_worker_and_stops_it_once():
     state, reasons = health.status()
     assert state == FAILED and reasons == ["fatal: interactions:3@120-130: RuntimeError: delivery failed"]
     assert crashed[0] is error
+
+
+def test_a_worker_whose_stop_hangs_after_a_fatal_error_exits_hard_at_the_deadline():
+    exited = threading.Event()
+    codes: list[int] = []
+
+    def hard_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    async def hanging_crash(exc: BaseException) -> None:  # Faust's graceful stop that never ends
+        pass
+
+    health = Health(clock=Clock(), exit_deadline_s=0.05, _hard_exit=hard_exit)
+    health.bind_crash(hanging_crash)
+    asyncio.run(health.fail("ingest batch interactions:0@0..9", RuntimeError("delivery failed")))
+    first = health._deadline
+    asyncio.run(health.fail("later", RuntimeError("again")))
+    assert health._deadline is first  # armed once
+    assert exited.wait(10), "the deadline never fired"
+    first.join(10)
+    assert codes == [EXIT_STUCK_AFTER_FATAL]
+
+
+def test_no_deadline_means_no_hard_exit():
+    health = Health(clock=Clock(), _hard_exit=lambda code: pytest.fail("exited"))
+    asyncio.run(health.fail("somewhere", RuntimeError("x")))
+    assert health._deadline is None
