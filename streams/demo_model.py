@@ -113,7 +113,7 @@ def _report_of(metadata: dict[str, Any]) -> dict[str, Any]:
     return {"served_hit_rate": metadata.get("served_hit_rate"),
             "serving_served_hit_rate": metadata.get("base_served_hit_rate"),
             "count_argmax_hit_rate": metadata.get("baselines", {}).get("knowledge_top1_hit_rate"),
-            "exact_match": metrics.get("all", {}).get("exact_match"),
+            "exact_match": metrics.get("knowledge", {}).get("exact_match"),
             "export_agreement": metadata.get("export_agreement")}
 
 

@@ -119,7 +119,7 @@ def list_models() -> None:
                       "passed" if model.passed_gates else "failed: " + "; ".join(meta.get("gates", {})
                                                                                    .get("reasons", [])),
                       _fmt(metrics.get("knowledge", {}).get("hit_rate")),
-                      _fmt(metrics.get("all", {}).get("exact_match")), str(meta.get("quant_type", "")),
+                      _fmt(metrics.get("knowledge", {}).get("exact_match")), str(meta.get("quant_type", "")),
                       str(meta.get("data_period", {}).get("test_from", "")))
     out.print(table)
     serving = registry.current_model_path(settings)

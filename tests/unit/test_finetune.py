@@ -406,15 +406,19 @@ def test_a_failed_cycle_removes_its_work_folder(tmp_path, monkeypatch):
 def test_gates_report_each_failing_check(tmp_path):
     settings = _settings(tmp_path, finetune_gate_exact_match=0.9, finetune_gate_min_hit_rate=0.1,
                          finetune_gate_min_agreement=0.9)
-    metrics = {"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.05}}
+    metrics = {"all": {"exact_match": 0.5}, "knowledge": {"exact_match": 0.95, "hit_rate": 0.05}}
     result = gates.check_gates(metrics, 0.92, settings)
     assert not result.passed and result.reasons == ["hit_rate 0.050 < 0.100"]
-    assert gates.check_gates({"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.2}}, 0.92, settings).passed
+    assert gates.check_gates({"all": {"exact_match": 0.5}, "knowledge": {"exact_match": 0.95, "hit_rate": 0.2}},
+                             0.92, settings).passed  # the plain prompts, which the server never builds, do not gate
+    served_prompts_wrong = {"all": {"exact_match": 0.95}, "knowledge": {"exact_match": 0.85, "hit_rate": 0.2}}
+    assert gates.check_gates(served_prompts_wrong, 0.92, settings).reasons == ["exact_match 0.850 < 0.900"]
 
 
 def test_the_relative_gate_refuses_a_candidate_worse_than_the_serving_model(tmp_path):
     settings = _settings(tmp_path)
-    metrics = {"all": {"exact_match": 0.95}, "knowledge": {"hit_rate": 0.2}}
+    metrics = {"all": {"exact_match": 0.8}, "knowledge": {"exact_match": 0.95, "hit_rate": 0.2},
+               "plain": {"exact_match": 0.65}}
     worse = gates.check_gates(metrics, 0.95, settings, served=0.14, serving_served=0.15)
     assert not worse.passed and worse.reasons == ["served_hit_rate_vs_serving 0.140 < 0.150"]
     assert gates.check_gates(metrics, 0.95, settings, served=0.15, serving_served=0.15).passed  # a tie may ship
@@ -424,6 +428,7 @@ def test_the_relative_gate_refuses_a_candidate_worse_than_the_serving_model(tmp_
                                count_argmax=0.17, metrics=metrics, export_agreement=0.95)
     assert report["passed"] is False and report["count_argmax_hit_rate"] == 0.17
     assert report["serving_model"] == "ft-a:0123" and report["exact_match"] == 0.95
+    assert report["exact_match_without_knowledge"] == 0.65
 
 
 def test_score_counts_only_valid_novel_names(tmp_path):
