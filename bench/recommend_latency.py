@@ -152,6 +152,8 @@ def main() -> None:
              histogram_mean_ms(after, before, "explorer_request_wait_seconds")),
             ("  of which: answering (table lookup, grounding, answer stored and delivered)",
              histogram_mean_ms(after, before, "explorer_request_seconds", "{source=table}")),
+            ("  meanwhile: full garbage collections (gen 2), each a pause of the whole worker",
+             histogram_mean_ms(after, before, "explorer_gc_pause_seconds", "{generation=2}")),
         ]
     print_table(rows)
 

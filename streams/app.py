@@ -21,6 +21,7 @@ from agents.outbox import Outbox
 from agents.state import StateTable
 from streams import codec
 from streams.failpoints import Failpoints
+from streams.gc_freeze import freeze_long_lived
 from streams.kafka_config import faust_broker_credentials
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -243,6 +244,11 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
     refresher = pair_refresh.PairRefresher(settings, serving, metrics, owned, lag)
     watcher = pair_refresh.ModelWatcher(serving, ModelLoader(settings, load_predictor), metrics)
     pair_refresh.attach(app, refresher, watcher, serving, settings.model_watch_interval_s, start_answers_producer)
+    if settings.gc_freeze_after_start:
+        @app.task
+        async def freeze_after_start() -> None:  # the models are the last long-lived objects a worker loads
+            await serving.ready.wait()
+            freeze_long_lived("the worker's models are loaded")
     return agent
 
 

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     # background pair refresh above all) then takes only the CPU that ingestion, the knowledge sync and table-hit
     # answers leave, instead of a core of their two (bench.freshness, bench.recommend_latency).
     llm_nice: int = Field(10, ge=0, le=19)
+    # Once the worker's models are loaded, everything alive is frozen out of full garbage collections (gc.freeze,
+    # streams/gc_freeze.py): those then scan only what was made since, not all of torch, Faust and the models.
+    gc_freeze_after_start: bool = True
     auto_request_every: int = Field(0, ge=0)  # 0: off; N: a request after every N-th positive engagement of a user
     pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed (off: rows
     # are still stored and merged from other writers, never re-inferred here)
@@ -164,7 +167,9 @@ class Settings(BaseSettings):
 
     # --- fine-tuning the LLM (models/finetune/; `explorer finetune`) ---
     finetune_base_model_path: str | None = None  # the GGUF to fine-tune; default: the packaged SmolLM2 (model_path)
-    finetune_budget_s: float = Field(900.0, gt=0)  # wall-clock training budget (export, quantize, gates come on top)
+    # Wall-clock training budget; export, quantization and the gates come on top (~5 min on 2 cores), so that one
+    # `explorer finetune` with the defaults ends within 15 minutes (issue 13).
+    finetune_budget_s: float = Field(600.0, gt=0)
     finetune_seed: int = 1234
     finetune_threads: int = Field(2, ge=1)  # torch and llama.cpp threads for training, quantizing and evaluation
     finetune_method: Literal["lora", "full"] = "lora"  # measured choice, see models/finetune/training.py

@@ -31,7 +31,9 @@ def finetune(
     schedule: Annotated[bool, typer.Option(help="Keep running: a cycle on the cadence or when the streaming "
                                                 "knowledge drifts from the serving model's (the hybrid scheduler)")]
     = False,
-    base_eval: Annotated[bool, typer.Option(help="Also evaluate the base model (the 'before' numbers)")] = True,
+    base_eval: Annotated[bool, typer.Option(help="Also evaluate the base model's free generation (the 'before' "
+                                                 "numbers of a report; the relative gate measures the serving "
+                                                 "model anyway)")] = False,
     served_eval: Annotated[bool, typer.Option(help="Also measure the base model's hit rate with the server's "
                                                    "constrained decoding (the candidate's and the serving "
                                                    "model's are always measured: the relative gate)")] = True,
