@@ -447,7 +447,7 @@ def test_requantizing_an_already_quantized_file_needs_allow_requantize(tmp_path)
     from models.finetune.quantize import quantize
     from models.finetune.registry import current_model_path
 
-    base = current_model_path(Settings())
+    base = current_model_path(Settings(data_dir=tmp_path / "data"))  # no release there: the packaged base
     with pytest.raises(RuntimeError, match="failed"):
         quantize(base, tmp_path / "refused.gguf", "Q8_0")
     assert not (tmp_path / "refused.gguf").exists() and not list(tmp_path.glob(".*.part"))

@@ -46,8 +46,9 @@ REQUESTS: list[tuple[tuple[str, str], Knowledge | None]] = [
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    built = NovelClusterPredictor(Settings(), CLUSTERS)
+def predictor(tmp_path_factory):
+    # a data dir of its own: a fine-tune released into the default one would be served instead of the base
+    built = NovelClusterPredictor(Settings(data_dir=tmp_path_factory.mktemp("llm-data")), CLUSTERS)
     yield built
     built.close()
 
@@ -122,7 +123,7 @@ def test_a_missing_model_file_is_a_clear_error(tmp_path):
         NovelClusterPredictor(Settings(), CLUSTERS, model_path=str(missing))
     assert str(missing) in str(raised.value)
     with pytest.raises(ModelNotFound):
-        NovelClusterPredictor(Settings(model_path=str(missing)), CLUSTERS)
+        NovelClusterPredictor(Settings(data_dir=tmp_path / "data", model_path=str(missing)), CLUSTERS)
 
 
 def test_model_version_names_the_file_and_tells_contents_apart(predictor, tmp_path):
@@ -130,7 +131,7 @@ def test_model_version_names_the_file_and_tells_contents_apart(predictor, tmp_pa
     # the packaged base is no released fine-tune, and its label says so
     assert predictor.model_version.startswith("base:SmolLM2-135M-Instruct.Q4_1.gguf:")
     assert not predictor.fine_tuned
-    assert predictor.model_version == model_version(settings, Settings().resolved_model_path())
+    assert predictor.model_version == model_version(settings, settings.resolved_model_path())
     assert predictor.model_version == "base:" + predictor.identity.label
     first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
     first.write_bytes(b"x" * 10)
