@@ -221,7 +221,7 @@ def test_a_failed_delivery_stops_the_worker_loudly_and_a_restart_counts_exactly(
     assert code != EXIT_STUCK_AFTER_FATAL, "the graceful stop hung and the exit deadline had to end the worker"
     where = re.search(r"FATAL, stopping the worker without committing past it: delivery of the records of "
                       r"(?:ingest|request) batch (\S+):(\d+)@(\d+)\.\.(\d+)", log)
-    assert where, log
+    assert where, f"exit code {code}; no FATAL line naming the batch in the worker's log:\n{log}"
     print(f"\nfailed delivery: worker exit {code}, the log names {where.group(1)}:{where.group(2)}@"
           f"{where.group(3)}..{where.group(4)}")
     finish(settings.model_copy(update={"failpoints": ""}), ratings, publisher, tmp_path)
