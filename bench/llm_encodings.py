@@ -35,6 +35,9 @@ PROMPT_TOKENS = 80
 def prompt_ms_per_token(path: Path, threads: int) -> float:
     from llama_cpp import Llama
 
+    from models.llama_output import route_llama_output
+
+    route_llama_output()
     llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads,
                 verbose=False)
     tokens = [(1000 + 7 * i) % llm.n_vocab() for i in range(PROMPT_TOKENS)]

@@ -117,6 +117,9 @@ class NovelClusterPredictor:
                  announce_base: bool = True):
         from llama_cpp import Llama
 
+        from models.llama_output import route_llama_output
+
+        route_llama_output()
         _check_method(method)
         from models.finetune.registry import current_model_path
 

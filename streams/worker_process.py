@@ -102,7 +102,7 @@ class WorkerProcess:
 def run_worker(settings: Settings, log_dir: Path, ready_timeout_s: float = 90.0) -> Iterator[WorkerProcess]:
     """Start `explorer worker` as a real subprocess and wait until its partitions are assigned."""
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    log_path = log_dir / f"worker-{settings.web_port}.log"
+    log_path = _new_log_path(log_dir, f"worker-{settings.web_port}")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
@@ -120,6 +120,15 @@ def run_worker(settings: Settings, log_dir: Path, ready_timeout_s: float = 90.0)
         yield worker
     finally:
         stop_process(process)
+
+
+def _new_log_path(log_dir: Path, stem: str) -> Path:
+    """A log file no earlier worker wrote: a restarted worker on the same port keeps its predecessor's log."""
+    path, n = log_dir / f"{stem}.log", 1
+    while path.exists():
+        n += 1
+        path = log_dir / f"{stem}-{n}.log"
+    return path
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:

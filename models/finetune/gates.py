@@ -69,6 +69,9 @@ class GreedyGenerator:
     def __init__(self, gguf_path: str | Path, threads: int):
         from llama_cpp import Llama
 
+        from models.llama_output import route_llama_output
+
+        route_llama_output()
         self._llm = Llama(model_path=str(gguf_path), n_ctx=N_CTX, n_batch=512, n_threads=threads,
                           n_threads_batch=threads, seed=0, verbose=False)
         import llama_cpp

@@ -47,6 +47,9 @@ def quantize(source: str | Path, target: str | Path, quant_type: str, threads: i
     with llama.cpp's quantizer; atomic (written beside it)."""
     import llama_cpp
 
+    from models.llama_output import route_llama_output
+
+    route_llama_output()  # the quantizer's per-tensor log goes to DEBUG
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.part")

@@ -58,10 +58,11 @@ class PromptTokenizer:
 
     def __init__(self, gguf_path: str | Path):
         import llama_cpp
-        from llama_cpp._utils import suppress_stdout_stderr
 
-        with suppress_stdout_stderr(disable=False):  # llama.cpp warns about the context of a vocab-only load
-            self._llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+        from models.llama_output import route_llama_output
+
+        route_llama_output()  # llama.cpp's warning about the context of a vocab-only load goes to DEBUG
+        self._llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
         vocab = self._llm._model.vocab
         self.eos = int(self._llm.token_eos())
         self.eog = sorted({t for t in range(self._llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}

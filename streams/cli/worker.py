@@ -37,7 +37,24 @@ def worker(
     except (LimitsError, KafkaException) as exc:
         raise _fail(f"the worker cannot start: {exc}") from exc
     faust_app.explorer.metrics.watch_gc()  # type: ignore[attr-defined]
-    faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+    try:
+        faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+    except SystemExit as exit_:
+        report_crash(exit_)
+        raise
+
+
+def report_crash(exit_: SystemExit) -> None:
+    """Say why a crashed worker exits: mode re-raises the crash reason and turns it into exit code 1 without a
+    word (`mode.worker.exiting`), so the reason is only the SystemExit's context."""
+    import logging
+
+    reason = exit_.__context__
+    if exit_.code in (0, None) or reason is None:
+        return
+    logging.getLogger("streams.worker").critical("the worker exits (code %s) after a crash: %r", exit_.code, reason,
+                                                 exc_info=(type(reason), reason, reason.__traceback__)
+                                                 if isinstance(reason, BaseException) else None)
 
 
 def prepare_worker(settings, group: str, topics: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

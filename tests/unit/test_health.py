@@ -86,3 +86,31 @@ def test_no_deadline_means_no_hard_exit():
     health = Health(clock=Clock(), _hard_exit=lambda code: pytest.fail("exited"))
     asyncio.run(health.fail("somewhere", RuntimeError("x")))
     assert health._deadline is None
+
+
+def test_a_crashed_worker_says_why_it_exits(caplog):
+    # mode re-raises the crash reason inside `exiting`, which turns it into exit code 1 without a word
+    from mode.worker import exiting
+
+    from streams.cli.worker import report_crash
+
+    def crash() -> None:
+        raise ValueError("delivery failed")
+
+    with pytest.raises(SystemExit) as exited:
+        with exiting():
+            crash()
+    assert exited.value.code == 1
+    with caplog.at_level("CRITICAL", logger="streams.worker"):
+        report_crash(exited.value)
+    (record,) = [r for r in caplog.records if r.name == "streams.worker"]
+    assert "ValueError('delivery failed')" in record.getMessage() and "code 1" in record.getMessage()
+    assert record.exc_info and record.exc_info[1] is exited.value.__context__  # the traceback of the crash
+
+
+def test_a_clean_exit_says_nothing(caplog):
+    from streams.cli.worker import report_crash
+
+    with caplog.at_level("DEBUG", logger="streams.worker"):
+        report_crash(SystemExit(0))
+    assert not [r for r in caplog.records if r.name == "streams.worker"]
