@@ -232,11 +232,18 @@ def test_a_partition_taken_over_by_another_writer_is_rewritten_whole(tmp_path: P
 
 
 def _write_many(root: str, partition: int, writes: int) -> None:
-    """A worker process: its own partition, many small writes, compacting often."""
-    kb = KnowledgeStore(str(Path(root) / "lancedb"), VERSION, compact_every_writes=5, compact_every_s=None)
-    for i in range(writes):
-        kb.write_partition_counts(partition, counts({("A", "B"): {"C": i + 1, "D": partition + 1}}), T0,
-                                  pairs={("A", "B")})
+    """A worker process: its own partition, many small writes, compacting often. A failure's traceback is left in
+    writer-<partition>.err, for the assertion message to name it."""
+    try:
+        kb = KnowledgeStore(str(Path(root) / "lancedb"), VERSION, compact_every_writes=5, compact_every_s=None)
+        for i in range(writes):
+            kb.write_partition_counts(partition, counts({("A", "B"): {"C": i + 1, "D": partition + 1}}), T0,
+                                      pairs={("A", "B")})
+    except BaseException:
+        import traceback
+
+        (Path(root) / f"writer-{partition}.err").write_text(traceback.format_exc())
+        raise
 
 
 def test_writer_processes_started_together_do_not_disturb_each_other(tmp_path: Path) -> None:
@@ -246,7 +253,8 @@ def test_writer_processes_started_together_do_not_disturb_each_other(tmp_path: P
         worker.start()
     for worker in workers:
         worker.join(timeout=120)
-    assert [worker.exitcode for worker in workers] == [0, 0]
+    errors = "\n".join(path.read_text() for path in sorted(tmp_path.glob("writer-*.err")))
+    assert [worker.exitcode for worker in workers] == [0, 0], errors
     assert store(tmp_path).top_next("A", "B") == [("C", 40), ("D", 3)]
 
 
