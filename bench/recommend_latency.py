@@ -55,13 +55,22 @@ def user_pairs(settings: Settings, clusters_version: str) -> dict[str, tuple[str
     return pairs
 
 
-def timed_requests(settings: Settings, users: list[str]) -> list[tuple[str, float]]:
+def timed_requests(settings: Settings, users: list[str]) -> list[tuple[str, float, float, float]]:
+    """(source, total ms, request made -> answer produced ms, answer produced -> received ms) per request; the split
+    uses wall clocks of one machine (the request's ts, the answer's produced_at, the client's arrival time)."""
     results = []
     with RecommendationClient(settings) as client:
         for user in users:
             answer = client.recommend(user, timeout_s=120)
-            results.append((answer.recommendation["source"], answer.latency_s * 1000))
+            rec = answer.recommendation
+            results.append((rec["source"], answer.latency_s * 1000, (rec["produced_at"] - rec["ts"]) * 1000,
+                            (answer.received_at - rec["produced_at"]) * 1000))
     return results
+
+
+def spread(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values):.0f} ms, p95 {percentile(values, 0.95):.0f} ms, "
+            f"p99 {percentile(values, 0.99):.0f} ms, max {max(values):.0f} ms")
 
 
 def main() -> None:
@@ -141,11 +150,13 @@ def main() -> None:
         pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
         runs.append((f"table hits during a replay at {pace} ({ingested:,.0f} events ingested meanwhile)", loaded))
     for name, results in runs:
-        latencies = [ms for _, ms in results]
-        sources = {s: sum(1 for src, _ in results if src == s) for s in ("table", "llm", "fallback")}
-        rows.append((name, f"n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, p95 "
-                     f"{percentile(latencies, 0.95):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms, max "
-                     f"{max(latencies):.0f} ms; sources {sources}"))
+        latencies = [ms for _, ms, _, _ in results]
+        sources = {s: sum(1 for src, *_ in results if src == s) for s in ("table", "llm", "fallback")}
+        rows.append((name, f"n={len(latencies)} {spread(latencies)}; sources {sources}"))
+        rows.append(("  request made -> answer produced (worker side and the request's trip)",
+                     spread([ms for _, _, ms, _ in results])))
+        rows.append(("  answer produced -> received (its delivery and the client's fetch)",
+                     spread([ms for _, _, _, ms in results])))
     if loaded is not None:  # where a loaded request's time goes, from the worker's own histograms (means)
         rows += [
             ("  of which: appended -> the worker starts answering",

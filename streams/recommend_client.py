@@ -27,6 +27,7 @@ class RecommendationTimeout(TimeoutError):
 class Answer:
     recommendation: dict[str, Any]
     latency_s: float  # request sent -> answer received, through Kafka both ways
+    received_at: float = 0.0  # wall clock when the answer arrived (with the answer's ts and produced_at: the split)
 
 
 class RecommendationClient:
@@ -57,11 +58,12 @@ class RecommendationClient:
         self.answers: dict[str, Answer] = {}
 
     def send(self, user_id: str, k: int = 10, request_id: str | None = None) -> str:
+        sent_at = time.monotonic()  # before the request leaves: its trip to the broker is part of the latency
         request = RecommendationRequest(request_id=request_id or f"cli-{uuid.uuid4().hex}", user_id=user_id,
                                         ts=time.time(), k=k)
         self._producer.produce(self._requests_topic, key=user_id.encode(), value=orjson.dumps(request))
         self._producer.flush(10)
-        self._sent_at.setdefault(request.request_id, time.monotonic())
+        self._sent_at.setdefault(request.request_id, sent_at)
         return request.request_id
 
     def wait(self, request_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, Answer]:
@@ -83,7 +85,7 @@ class RecommendationClient:
                     continue
                 rid = value.get("request_id")
                 if rid in self._sent_at and rid not in self.answers:
-                    self.answers[rid] = Answer(value, received - self._sent_at[rid])
+                    self.answers[rid] = Answer(value, received - self._sent_at[rid], time.time())
         missing = wanted - self.answers.keys()
         if missing:
             raise RecommendationTimeout(

@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Iterator
 
 import pytest
+from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
@@ -30,6 +31,11 @@ PINNED = {
     (Consumer, "seek"): "b86a9fe05f956b30",
     (Consumer, "perform_seek"): "0e8c130ff4b0afd8",
     (ThreadDelegateConsumer, "_commit"): "a20eec84e4b2ed50",
+    (aiokafka_driver.AIOKafkaConsumerThread, "on_start"): "38b4e8bd1e10723a",
+    (aiokafka_driver.Consumer, "_new_consumer_thread"): "0870ec53dea75083",
+    # aiokafka: the fetcher whose prefetch backoff PromptFetchConsumerThread sets, and the code that applies it
+    (Fetcher, "__init__"): "bf21ecb7e0f210b7",
+    (Fetcher, "_get_actions_per_node"): "1dab2cf937d165d0",
 }
 
 
@@ -157,3 +163,37 @@ def test_the_idempotent_producer_keeps_fausts_other_settings() -> None:
     assert issubclass(aiokafka_driver.Transport, object)
     base = inspect.getsource(aiokafka_driver.Producer._settings_extra)
     assert "enable_idempotence" in base  # Faust sets it only for transactions; agents/batching.py always does
+
+
+class _Fetcher:
+    _prefetch_backoff = 0.1  # aiokafka's default
+
+
+def _started_thread(monkeypatch, app_backoff, fetcher):  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from agents.batching import PromptFetchConsumerThread
+
+    async def started(self) -> None:  # what Faust's on_start leaves: a started aiokafka consumer
+        self._consumer = SimpleNamespace(_fetcher=fetcher)
+
+    monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "on_start", started)
+    thread = object.__new__(PromptFetchConsumerThread)
+    thread.app = SimpleNamespace(prefetch_backoff_s=app_backoff)
+    asyncio.run(thread.on_start())
+    return thread
+
+
+def test_the_consumer_thread_gives_the_fetcher_the_apps_prefetch_backoff(monkeypatch) -> None:
+    fetcher = _Fetcher()
+    _started_thread(monkeypatch, 0.01, fetcher)
+    assert fetcher._prefetch_backoff == 0.01
+    untouched = _Fetcher()
+    _started_thread(monkeypatch, None, untouched)
+    assert untouched._prefetch_backoff == 0.1
+
+
+def test_a_fetcher_without_the_backoff_stops_the_start_loudly(monkeypatch) -> None:
+    with pytest.raises(RuntimeError, match="_prefetch_backoff"):
+        _started_thread(monkeypatch, 0.01, object())
+
