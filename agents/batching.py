@@ -317,9 +317,9 @@ class PromptFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     async def on_start(self) -> None:
         await super().on_start()
         backoff = getattr(self.app, "prefetch_backoff_s", None)
-        fetcher = getattr(self._consumer, "_fetcher", None)
         if backoff is None:
             return
+        fetcher = getattr(self._consumer, "_fetcher", None)
         if fetcher is None or not hasattr(fetcher, "_prefetch_backoff"):
             raise RuntimeError("aiokafka's fetcher has no _prefetch_backoff any more: check agents/batching.py "
                                "against this aiokafka version")
