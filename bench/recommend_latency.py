@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.common import histogram_mean_ms, isolated, print_table
 from models.clusters import build_clusters
@@ -55,16 +56,24 @@ def user_pairs(settings: Settings, clusters_version: str) -> dict[str, tuple[str
     return pairs
 
 
-def timed_requests(settings: Settings, users: list[str]) -> list[tuple[str, float, float, float]]:
-    """(source, total ms, request made -> answer produced ms, answer produced -> received ms) per request; the split
-    uses wall clocks of one machine (the request's ts, the answer's produced_at, the client's arrival time)."""
+class Timed(NamedTuple):
+    """One request's time; the split uses wall clocks of one machine (the request's ts, the answer's produced_at,
+    the client's arrival time)."""
+
+    source: str
+    total_ms: float
+    to_answer_ms: float  # request made -> answer produced
+    back_ms: float  # answer produced -> received
+
+
+def timed_requests(settings: Settings, users: list[str]) -> list[Timed]:
     results = []
     with RecommendationClient(settings) as client:
         for user in users:
             answer = client.recommend(user, timeout_s=120)
             rec = answer.recommendation
-            results.append((rec["source"], answer.latency_s * 1000, (rec["produced_at"] - rec["ts"]) * 1000,
-                            (answer.received_at - rec["produced_at"]) * 1000))
+            results.append(Timed(rec["source"], answer.latency_s * 1000, (rec["produced_at"] - rec["ts"]) * 1000,
+                                 (answer.received_at - rec["produced_at"]) * 1000))
     return results
 
 
@@ -150,13 +159,12 @@ def main() -> None:
         pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
         runs.append((f"table hits during a replay at {pace} ({ingested:,.0f} events ingested meanwhile)", loaded))
     for name, results in runs:
-        latencies = [ms for _, ms, _, _ in results]
-        sources = {s: sum(1 for src, *_ in results if src == s) for s in ("table", "llm", "fallback")}
-        rows.append((name, f"n={len(latencies)} {spread(latencies)}; sources {sources}"))
+        sources = {s: sum(1 for r in results if r.source == s) for s in ("table", "llm", "fallback")}
+        rows.append((name, f"n={len(results)} {spread([r.total_ms for r in results])}; sources {sources}"))
         rows.append(("  request made -> answer produced (worker side and the request's trip)",
-                     spread([ms for _, _, ms, _ in results])))
+                     spread([r.to_answer_ms for r in results])))
         rows.append(("  answer produced -> received (its delivery and the client's fetch)",
-                     spread([ms for _, _, _, ms in results])))
+                     spread([r.back_ms for r in results])))
     if loaded is not None:  # where a loaded request's time goes, from the worker's own histograms (means)
         rows += [
             ("  of which: appended -> the worker starts answering",

@@ -27,7 +27,7 @@ class RecommendationTimeout(TimeoutError):
 class Answer:
     recommendation: dict[str, Any]
     latency_s: float  # request sent -> answer received, through Kafka both ways
-    received_at: float = 0.0  # wall clock when the answer arrived (with the answer's ts and produced_at: the split)
+    received_at: float  # wall clock when the answer arrived (with the answer's ts and produced_at: the split)
 
 
 class RecommendationClient:

@@ -53,8 +53,7 @@ def report_crash(exit_: SystemExit) -> None:
     if exit_.code in (0, None) or reason is None:
         return
     logging.getLogger("streams.worker").critical("the worker exits (code %s) after a crash: %r", exit_.code, reason,
-                                                 exc_info=(type(reason), reason, reason.__traceback__)
-                                                 if isinstance(reason, BaseException) else None)
+                                                 exc_info=reason)
 
 
 def prepare_worker(settings, group: str, topics: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

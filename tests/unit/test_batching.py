@@ -169,7 +169,7 @@ class _Fetcher:
     _prefetch_backoff = 0.1  # aiokafka's default
 
 
-def _started_thread(monkeypatch, app_backoff, fetcher):  # type: ignore[no-untyped-def]
+def _start_thread(monkeypatch, app_backoff, fetcher) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
     from agents.batching import PromptFetchConsumerThread
@@ -181,19 +181,17 @@ def _started_thread(monkeypatch, app_backoff, fetcher):  # type: ignore[no-untyp
     thread = object.__new__(PromptFetchConsumerThread)
     thread.app = SimpleNamespace(prefetch_backoff_s=app_backoff)
     asyncio.run(thread.on_start())
-    return thread
 
 
 def test_the_consumer_thread_gives_the_fetcher_the_apps_prefetch_backoff(monkeypatch) -> None:
     fetcher = _Fetcher()
-    _started_thread(monkeypatch, 0.01, fetcher)
+    _start_thread(monkeypatch, 0.01, fetcher)
     assert fetcher._prefetch_backoff == 0.01
     untouched = _Fetcher()
-    _started_thread(monkeypatch, None, untouched)
+    _start_thread(monkeypatch, None, untouched)
     assert untouched._prefetch_backoff == 0.1
 
 
 def test_a_fetcher_without_the_backoff_stops_the_start_loudly(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="_prefetch_backoff"):
-        _started_thread(monkeypatch, 0.01, object())
-
+        _start_thread(monkeypatch, 0.01, object())
