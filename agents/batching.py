@@ -24,11 +24,15 @@ Overridden Faust code (pinned by tests/unit/test_batching.py, which fails when a
   already stopped the consumer's thread, so that commit waited forever on a queue nobody reads and the failed worker
   never exited. A crashed consumer commits nothing: what was acked is durable, and a restart re-reads from the last
   commit (the changelog protocol skips what it already applied).
-* `AIOKafkaConsumerThread.on_start` -- once aiokafka's consumer has started, its fetcher's prefetch backoff is set to
-  `ExplorerApp.prefetch_backoff_s` (EXPLORER_CONSUMER_PREFETCH_BACKOFF_S; not a constructor option). aiokafka sends
-  no fetch to a broker while any of its partitions has fetched records not yet consumed, for up to that backoff: a
-  request arriving then waits for it (the ~110 ms p99 of table hits on an idle worker at 0.1 s). Shorter is not
-  free: at 0.01 s ingestion under a steady replay lagged ~8× (the settings comment has the figures);
+* `AIOKafkaConsumerThread.on_start` -- once aiokafka's consumer has started, its fetcher's prefetch backoff and fetch
+  wait are set to `ExplorerApp.prefetch_backoff_s` and `fetch_max_wait_s` (EXPLORER_CONSUMER_PREFETCH_BACKOFF_S,
+  EXPLORER_CONSUMER_FETCH_MAX_WAIT_S; neither is an option Faust passes on). aiokafka sends no fetch to a broker
+  while any of its partitions has fetched records not yet consumed, for up to that backoff (0.1 s of its own: a
+  request arriving then waited for it, the ~110 ms p99 of idle table hits), and keeps one fetch in flight per
+  broker, which the broker may hold for the fetch wait when none of its partitions has new records (Faust: 1.5 s).
+  A short backoff alone then made ingestion lag: fetches of only the idle partitions sat at the broker while the
+  busy ones could not be fetched. Both short together serve requests fast without the lag (the settings comments
+  have the figures);
 * the producer is idempotent (`enable_idempotence`): a changelog batch that failed for good can never be followed
   by a later one of the same partition, so a recovered table is always a prefix of what was written.
 """
@@ -313,18 +317,23 @@ def keep_queued_events_on_resume(app: faust.App, stream: faust.StreamT) -> None:
 
 
 class PromptFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread with the fetcher's prefetch backoff of the app (module docstring)."""
+    """Faust's aiokafka consumer thread with the fetcher's prefetch backoff and fetch wait of the app (module
+    docstring). Neither is a constructor option Faust passes on, so both are set on the started fetcher."""
 
     async def on_start(self) -> None:
         await super().on_start()
         backoff = getattr(self.app, "prefetch_backoff_s", None)
-        if backoff is None:
+        fetch_wait = getattr(self.app, "fetch_max_wait_s", None)
+        if backoff is None and fetch_wait is None:
             return
         fetcher = getattr(self._consumer, "_fetcher", None)
-        if fetcher is None or not hasattr(fetcher, "_prefetch_backoff"):
-            raise RuntimeError("aiokafka's fetcher has no _prefetch_backoff any more: check agents/batching.py "
-                               "against this aiokafka version")
-        fetcher._prefetch_backoff = backoff
+        for attribute, value in (("_prefetch_backoff", backoff), ("_fetch_max_wait_ms", fetch_wait)):
+            if value is None:
+                continue
+            if fetcher is None or not hasattr(fetcher, attribute):
+                raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
+                                   "against this aiokafka version")
+            setattr(fetcher, attribute, value if attribute == "_prefetch_backoff" else max(1, round(value * 1000)))
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
@@ -346,6 +355,7 @@ class ExplorerApp(faust.App):
     batch_topics: frozenset[str] = frozenset()
     latency_topics: frozenset[str] = frozenset()  # fetched records of these are taken first
     prefetch_backoff_s: float | None = None  # None: aiokafka's own (PromptFetchConsumerThread)
+    fetch_max_wait_s: float | None = None  # None: Faust's 1.5 s (PromptFetchConsumerThread)
 
     def use_batches_for(self, topics: Iterable[str]) -> None:
         self.batch_topics = frozenset(self.batch_topics | set(topics))

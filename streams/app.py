@@ -106,6 +106,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
         producer_max_request_size=settings.producer_max_request_bytes,
     )
     app.prefetch_backoff_s = settings.consumer_prefetch_backoff_s
+    app.fetch_max_wait_s = settings.consumer_fetch_max_wait_s
     metrics = Metrics()
     health = Health(recent_s=settings.health_degraded_window_s, exit_deadline_s=settings.fatal_exit_deadline_s)
     context = AppContext(settings=settings, metrics=metrics, health=health)

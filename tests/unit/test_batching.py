@@ -33,7 +33,8 @@ PINNED = {
     (ThreadDelegateConsumer, "_commit"): "a20eec84e4b2ed50",
     (aiokafka_driver.AIOKafkaConsumerThread, "on_start"): "38b4e8bd1e10723a",
     (aiokafka_driver.Consumer, "_new_consumer_thread"): "0870ec53dea75083",
-    # aiokafka: the fetcher whose prefetch backoff PromptFetchConsumerThread sets, and the code that applies it
+    # aiokafka: the fetcher whose prefetch backoff and fetch wait PromptFetchConsumerThread sets, and the code that
+    # applies them
     (Fetcher, "__init__"): "bf21ecb7e0f210b7",
     (Fetcher, "_get_actions_per_node"): "1dab2cf937d165d0",
 }
@@ -167,9 +168,10 @@ def test_the_idempotent_producer_keeps_fausts_other_settings() -> None:
 
 class _Fetcher:
     _prefetch_backoff = 0.1  # aiokafka's default
+    _fetch_max_wait_ms = 1500  # Faust's
 
 
-def _start_thread(monkeypatch, app_backoff, fetcher) -> None:  # type: ignore[no-untyped-def]
+def _start_thread(monkeypatch, app_backoff, fetcher, app_fetch_wait=None) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
     from agents.batching import PromptFetchConsumerThread
@@ -179,7 +181,7 @@ def _start_thread(monkeypatch, app_backoff, fetcher) -> None:  # type: ignore[no
 
     monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "on_start", started)
     thread = object.__new__(PromptFetchConsumerThread)
-    thread.app = SimpleNamespace(prefetch_backoff_s=app_backoff)
+    thread.app = SimpleNamespace(prefetch_backoff_s=app_backoff, fetch_max_wait_s=app_fetch_wait)
     asyncio.run(thread.on_start())
 
 
@@ -187,11 +189,23 @@ def test_the_consumer_thread_gives_the_fetcher_the_apps_prefetch_backoff(monkeyp
     fetcher = _Fetcher()
     _start_thread(monkeypatch, 0.01, fetcher)
     assert fetcher._prefetch_backoff == 0.01
+    assert fetcher._fetch_max_wait_ms == 1500
     untouched = _Fetcher()
     _start_thread(monkeypatch, None, untouched)
     assert untouched._prefetch_backoff == 0.1
 
 
+def test_the_consumer_thread_gives_the_fetcher_the_apps_fetch_wait_in_ms(monkeypatch) -> None:
+    fetcher = _Fetcher()
+    _start_thread(monkeypatch, None, fetcher, app_fetch_wait=0.02)
+    assert (fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff) == (20, 0.1)
+    tiny = _Fetcher()
+    _start_thread(monkeypatch, None, tiny, app_fetch_wait=0.0001)
+    assert tiny._fetch_max_wait_ms == 1  # 0 would make an idle worker spin on empty fetches
+
+
 def test_a_fetcher_without_the_backoff_stops_the_start_loudly(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="_prefetch_backoff"):
         _start_thread(monkeypatch, 0.01, object())
+    with pytest.raises(RuntimeError, match="_fetch_max_wait_ms"):
+        _start_thread(monkeypatch, None, object(), app_fetch_wait=0.02)
