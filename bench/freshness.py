@@ -6,7 +6,9 @@ until that count has grown by one. Prints p50/p95 and the LanceDB fragment count
 
 Two phases in one run: probes on an idle worker (the baseline), then probes while a replay of `--under-replay`
 synthetic events (event time up to now, other users) is published at full speed (or `--replay-rate`) into the same
-topic: a probe then waits behind whatever backlog its partition has, which is what freshness under load means.
+topic: a probe then waits behind whatever backlog its partition has, which is what freshness under load means. It
+also prints how many events the worker ingested while the replay was published and how long after the last one
+it had ingested them all (its catch-up: at full speed the publisher and the worker race for the same cores).
 
     python -m bench.freshness [--probes 40] [--under-replay 300000] [--replay-rate EVENTS_PER_S]
 
@@ -57,7 +59,7 @@ def main() -> None:
 
         idle: list[float] = []
         loaded: list[float] = []
-        replay_seconds = 0.0
+        replay_seconds = caught_up_s = ingested_while_published = 0.0
         with run_worker(settings, Path(tmp)) as worker:
             reader = KnowledgeStore.from_settings(settings, clusters.version, refresh_s=0.0)
 
@@ -79,15 +81,30 @@ def main() -> None:
                 now = time.time()  # the replay's event time ends now: nothing of it is late next to the probes
                 events = synthetic_events(args.under_replay, users=5_000, seed=5, start_ts=now - 3_600.0,
                                           mean_gap_s=3_600.0 / args.under_replay, user_prefix="load-")
-                replay = threading.Thread(target=publish_events, args=(settings, events),
-                                          kwargs={"rate": args.replay_rate}, daemon=True)
+                published: dict[str, float] = {}
+
+                def publish() -> None:  # notes when the last event went out, and what the worker had ingested then
+                    publish_events(settings, events, rate=args.replay_rate)
+                    published["at"] = time.perf_counter()
+                    published["ingested"] = worker.metric("explorer_events_in_total")
+
+                replay = threading.Thread(target=publish, daemon=True)
                 started = time.perf_counter()
                 replay.start()
                 n = 0
                 while replay.is_alive():  # probes only while the replay is being published
                     loaded.append(probe(f"loaded-{n}"))
                     n += 1
-                replay_seconds = time.perf_counter() - started
+                replay.join()
+                if "at" not in published:
+                    raise RuntimeError("the replay's publisher failed (see its traceback above)")
+                replay_seconds = published["at"] - started
+                ingested_before = before_replay.get("explorer_events_in_total", 0)
+                expected = ingested_before + args.under_replay + 3 * len(loaded)  # the probes' events too
+                wait_until(lambda: worker.metric("explorer_events_in_total") >= expected, 600,
+                           "the worker to catch up on the replay", poll_s=0.05)
+                caught_up_s = time.perf_counter() - published["at"]
+                ingested_while_published = published["ingested"] - ingested_before
             fragments = reader.fragment_counts()
             metrics = worker.metrics()
 
@@ -119,6 +136,10 @@ def main() -> None:
     ]
     if loaded:  # where a probe's time goes under the replay (means over that phase)
         rows += [
+            ("under the replay: events the worker ingested while it was published",
+             f"{ingested_while_published:,.0f} ({ingested_while_published / replay_seconds:,.0f}/s)"),
+            ("the worker caught up (every replayed event ingested) after the last was published",
+             f"{caught_up_s:.1f} s"),
             ("under the replay: a batch's oldest record, appended -> processed", mean_ms("explorer_event_latency_seconds")),
             ("under the replay: batches whose oldest record waited over 0.5 / 1 / 2.5 s", " / ".join(
                 f"{slower('explorer_event_latency_seconds', le):,.0f}" for le in ("0.5", "1.0", "2.5"))),
