@@ -322,18 +322,19 @@ class PromptFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     async def on_start(self) -> None:
         await super().on_start()
+        wanted: dict[str, float | int] = {}
         backoff = getattr(self.app, "prefetch_backoff_s", None)
+        if backoff is not None:
+            wanted["_prefetch_backoff"] = backoff
         fetch_wait = getattr(self.app, "fetch_max_wait_s", None)
-        if backoff is None and fetch_wait is None:
-            return
+        if fetch_wait is not None:  # aiokafka counts it in ms; 0 would make an idle worker spin on empty fetches
+            wanted["_fetch_max_wait_ms"] = max(1, round(fetch_wait * 1000))
         fetcher = getattr(self._consumer, "_fetcher", None)
-        for attribute, value in (("_prefetch_backoff", backoff), ("_fetch_max_wait_ms", fetch_wait)):
-            if value is None:
-                continue
+        for attribute, value in wanted.items():
             if fetcher is None or not hasattr(fetcher, attribute):
                 raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
                                    "against this aiokafka version")
-            setattr(fetcher, attribute, value if attribute == "_prefetch_backoff" else max(1, round(value * 1000)))
+            setattr(fetcher, attribute, value)
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
