@@ -84,16 +84,10 @@ class EvalPipeline:
 
     def delete_topics(self) -> None:
         """Remove the evaluation's topics (its prefix) and state changelogs (its app id) from the shared broker."""
-        from confluent_kafka.admin import AdminClient
+        from streams.topics import delete_deployment_topics
 
-        from streams.kafka_config import confluent_config
-
-        admin = AdminClient(confluent_config(self.settings))
         try:
-            names = [t for t in admin.list_topics(timeout=10).topics
-                     if t.startswith((self.settings.topic_prefix, self.settings.app_id))]
-            for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
-                future.result()
+            delete_deployment_topics(self.settings)
         except Exception as exc:  # noqa: BLE001 -- leftovers of an isolated prefix harm nobody: say so, don't fail the report
             log.warning("could not delete the evaluation's topics: %s", exc)
 

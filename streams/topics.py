@@ -3,6 +3,8 @@ and idempotent provisioning with the admin API."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streams.settings import Settings
@@ -130,3 +132,36 @@ def create_topics(settings: Settings, timeout_s: float = 30.0, specs: list[Topic
         existing=sorted(s.name for s in specs if s.name in existing_topics),
         partition_mismatch=mismatch,
     )
+
+
+def deployment_topics(settings: Settings, names: Iterable[str]) -> list[str]:
+    """Of `names`, the topics one isolated deployment owns: its contract topics (`topic_prefix`) and its consumer
+    groups' internal ones (`<app_id>.<clusters version>...`, `<app_id>-...`). Refused without a topic prefix: the
+    contract topics of an unprefixed deployment are anyone's."""
+    if not settings.topic_prefix:
+        raise ValueError("deleting a deployment's topics needs its own topic prefix (EXPLORER_TOPIC_PREFIX)")
+    owned = (settings.topic_prefix, f"{settings.app_id}.", f"{settings.app_id}-")
+    return sorted(name for name in names if name.startswith(owned))
+
+
+def delete_deployment_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic of an isolated deployment (a test's, a bench's, an evaluation's) from the broker, so that
+    they do not pile up there: a local broker with thousands of leftover partitions needs minutes to start."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka_config import confluent_config
+
+    admin = AdminClient(confluent_config(settings))
+    names = deployment_topics(settings, admin.list_topics(timeout=timeout_s).topics)
+    if not names:
+        return names
+    for future in admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s).values():
+        future.result()
+    # The controller has deleted them; a broker's metadata follows a moment later. Return once it no longer lists
+    # them, so that a caller recreating a name (or counting topics) sees the deletion.
+    deadline = time.monotonic() + timeout_s
+    while set(names) & set(admin.list_topics(timeout=timeout_s).topics):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker still lists deleted topics after {timeout_s:.0f} s")
+        time.sleep(0.05)
+    return names

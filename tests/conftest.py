@@ -41,9 +41,11 @@ def kafka_settings() -> Iterator[Settings]:
 
 
 @pytest.fixture
-def isolated_settings(kafka_settings: Settings, tmp_path) -> Settings:
-    """Settings with their own topic prefix, app id and data dir, so tests never see each other's records."""
-    from streams.topics import create_topics
+def isolated_settings(kafka_settings: Settings, tmp_path) -> Iterator[Settings]:
+    """Settings with their own topic prefix, app id and data dir, so tests never see each other's records. Their
+    topics are deleted afterwards: left on the broker, a few runs of the suite leave thousands of partitions, and a
+    local broker then needs minutes to start."""
+    from streams.topics import create_topics, delete_deployment_topics
 
     from tests.harness import free_port
 
@@ -56,7 +58,20 @@ def isolated_settings(kafka_settings: Settings, tmp_path) -> Settings:
         "interactions_partitions": 4,
     })
     create_topics(settings)
-    return settings
+    yield settings
+    delete_deployment_topics(settings)
+
+
+@pytest.fixture
+def topics_deleted_after(kafka_settings: Settings) -> Iterator[list[Settings]]:
+    """Settings of deployments a test makes itself (beside `isolated_settings`): appended here, their topics are
+    deleted when the test ends."""
+    from streams.topics import delete_deployment_topics
+
+    made: list[Settings] = []
+    yield made
+    for settings in made:
+        delete_deployment_topics(settings)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ def shown(top_next: list[tuple[str, int]], pair: tuple[str, str]) -> tuple[str, 
     return tuple(c3 for c3, _ in top_next[:MAX_TOP_NEXT + 2] if c3 not in pair)[:MAX_TOP_NEXT]
 
 
-def test_two_deployments_on_one_lancedb_each_know_only_their_own_events(serving_settings, tmp_path):
+def test_two_deployments_on_one_lancedb_each_know_only_their_own_events(serving_settings, tmp_path,
+                                                                        topics_deleted_after):
     model = write_tiny_base(tmp_path / "tiny.gguf", tiny_model(seed=5))  # fast enough to fill every pair's row
     common = {"model_path": str(model), "pair_refresh_interval_s": 0.5, "pair_refresh_min_interval_s": 0.0}
     production = serving_settings.model_copy(update=common)
@@ -47,6 +48,7 @@ def test_two_deployments_on_one_lancedb_each_know_only_their_own_events(serving_
     staging = production.model_copy(update={"topic_prefix": f"test-{tag}.", "app_id": f"explorer-test-{tag}",
                                             "web_port": free_port()})
     create_topics(staging)
+    topics_deleted_after.append(staging)
     assert staging.resolved_lancedb_uri() == production.resolved_lancedb_uri()
     assert staging.deployment_id() != production.deployment_id()
 

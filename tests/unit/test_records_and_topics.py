@@ -62,3 +62,20 @@ def test_security_settings_reach_every_client_config():
     assert config["sasl.mechanism"] == "SCRAM-SHA-512"
     assert (config["sasl.username"], config["sasl.password"], config["ssl.ca.location"]) == ("svc", "pw", "/ca.pem")
     assert config["client.id"] == "x"
+
+
+def test_a_deployments_topics_are_its_prefix_and_its_app_ids_groups_only():
+    from streams.topics import deployment_topics
+
+    settings = Settings(topic_prefix="t-1.", app_id="explorer-t-1")
+    names = ["t-1.interactions", "t-1.recommendations", "explorer-t-1.c40-v-interactions-repartition",
+             "explorer-t-1-state-v2-c40-changelog", "t-10.interactions", "explorer-t-10.c40-v-interactions-repartition",
+             "other.interactions", "__consumer_offsets"]
+    assert deployment_topics(settings, names) == sorted(names[:4])
+
+
+def test_deleting_topics_without_a_prefix_is_refused():
+    from streams.topics import deployment_topics
+
+    with pytest.raises(ValueError, match="EXPLORER_TOPIC_PREFIX"):
+        deployment_topics(Settings(topic_prefix="", app_id="interest-explorer"), ["interactions"])
