@@ -1,6 +1,6 @@
 """How far above count argmax can any answer that depends only on the user's pair go, on the evaluation's cases?
 
-    python -m bench.pair_ceiling [--bootstrap 1000]
+    python -m bench.pair_ceiling [--bootstrap 1000] [--sequence]
 
 Every LLM strategy of `explorer eval` serves a *pair table*: users who share their two latest distinct clusters
 share the answer (the live system's design, models/pair_table.py). So its hit@1 is bounded by what the best
@@ -21,6 +21,15 @@ counts that *no deployable method has* -- they include the test period:
 * **horizons, others**: the cluster most often among *other users'* horizons of the same pair in the test period
   (the metric's own target, not the next transition), count's answer where no other user has the pair.
 
+With `--sequence` (needs a sequence model trained on the training period: `explorer sequence train`), the rows
+that are *not* pair-level, for comparison with that bound -- both deployable, per request:
+
+* **sequence**: the evaluation's sequence baseline (the unrestricted SASRec's own cluster from the user's items);
+* **backoff x sequence**: a product of experts of the back-off distribution and SASRec's next-item mass per
+  cluster, unweighted (as the evaluation's hybrid-poe: a weighting is fixed before the run, never fitted on the
+  test period) -- what a per-request answer that reads both the pair's counts and the user's items can reach
+  without an LLM.
+
 Ties go to count's order, and each answer is completed with the system's fallback order, as count is. The
 knowledge per state is the reference counts of the ratings replayed before it, which `explorer eval` checks the
 pipeline's LanceDB holds exactly; trending is left empty (count's order differs from the eval's only for pairs
@@ -39,7 +48,14 @@ from models.clusters import ClusterSet
 from models.clusters.storage import ClustersNotBuilt, load_current
 from models.counts import TransitionCounts
 from models.evaluation import metrics as m
-from models.evaluation.baselines import CountArgmax, CountBackoff, fallback_order
+from models.evaluation.baselines import (
+    BackoffTimesSequence,
+    CountArgmax,
+    CountBackoff,
+    SequenceChoice,
+    fallback_order,
+)
+from models.evaluation.grounding import SequenceScores
 from models.evaluation.interface import Answer, Inferred, InferenceRequest, PointState, Snapshot, Strategy
 from models.evaluation.protocol import (
     Case,
@@ -200,9 +216,16 @@ def strategies(clusters: ClusterSet, ratings: Sequence[Rating], timeline: Timeli
     ]
 
 
+def user_level_strategies(clusters: ClusterSet, scores: SequenceScores, backoff: CountBackoff) -> list[Strategy]:
+    """The evaluation's sequence baseline and its product of the back-off's and the sequence model's distributions."""
+    return [SequenceChoice(clusters, scores), BackoffTimesSequence(backoff, scores)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--sequence", action="store_true",
+                        help="add the user-level rows (needs `explorer sequence train`)")
     args = parser.parse_args()
     settings = Settings()
     started = time.perf_counter()
@@ -222,6 +245,19 @@ def main() -> None:
     points = [PointState(state, snapshot, snapshots[0]) for state, snapshot in enumerate(snapshots)]
     runs: list[Strategy] = [CountArgmax(clusters),
                             *strategies(clusters, ratings, timeline, cases, settings, points)]
+    if args.sequence:
+        from models.sequence import SequenceModelNotTrained, load_current as load_sequence
+
+        try:
+            sequence = load_sequence(settings)
+        except SequenceModelNotTrained as error:
+            raise SystemExit(f"{error} (`explorer sequence train`)") from error
+        if sequence.meta.get("train_fraction", settings.train_fraction) != settings.train_fraction:
+            raise SystemExit("the current sequence model was trained on another split: train it again")
+        scores = SequenceScores(sequence, clusters, settings.eval_items_k)
+        scores.prepare(cases)
+        backoff = CountBackoff(clusters, settings.eval_backoff_k, settings.eval_backoff_prior)
+        runs += user_level_strategies(clusters, scores, backoff)
     results = []
     for strategy in runs:
         result = StrategyResult(strategy.name, strategy.label, "", False, True, None)
@@ -251,7 +287,7 @@ def main() -> None:
                 cells.append(cell + f" n={numbers['cases']}")
         print("| " + " | ".join(cells) + " |")
     print("`*`: the paired interval excludes 0. Every clairvoyant, future and horizons row knows the test period: "
-          "none of them is deployable.")
+          "none of them is deployable; the sequence rows are per request, not pair-level.")
 
 
 class _NoItems:

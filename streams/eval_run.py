@@ -29,6 +29,7 @@ from typing import Any
 from models.clusters import ClusterSet
 from models.evaluation import metrics as m
 from models.evaluation.baselines import (
+    BackoffTimesSequence,
     CountArgmax,
     CountBackoff,
     PopularNovel,
@@ -229,8 +230,9 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
         return versions[path]
 
     backoff = CountBackoff(clusters, config.backoff_k, config.backoff_m)
+    scores = SequenceScores(sequence, clusters, config.items_k)  # prepared for the cases after the replay
     llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days,
-                          backoff=backoff)
+                          backoff=backoff, sequence=scores)
     for strategy in llms:
         if config.llm_strategies is not None and strategy.name not in config.llm_strategies:
             strategy.skipped = "skipped: not selected (EXPLORER_EVAL_LLM_STRATEGIES)"
@@ -255,10 +257,10 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
 
     # ---- 2. strategies
     with _phase(phases, "sequence_scores_s"):
-        scores = SequenceScores(sequence, clusters, config.items_k)
         scores.prepare(cases)
     baselines: list[Strategy] = [RandomNovel(clusters, config.seed), PopularNovel(clusters, config.backoff_k),
-                                 CountArgmax(clusters), backoff, SequenceChoice(clusters, scores)]
+                                 CountArgmax(clusters), backoff, SequenceChoice(clusters, scores),
+                                 BackoffTimesSequence(backoff, scores)]
     strategies: list[Strategy] = [*llms, *baselines]
     results = {s.name: StrategyResult(s.name, s.label, s.cadence, s.uses_llm, s.streaming, s.skipped)
                for s in strategies}

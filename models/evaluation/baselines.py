@@ -11,6 +11,8 @@ count       the pair's top retrieved next clusters, then the system's fallback  
 backoff     the distribution's order                                             pair -> last cluster -> popularity
 sequence    the unrestricted SASRec's own choice: clusters by their best item,   SASRec's next-item mass per
             the user's items and the pair's clusters left out                    cluster
+backoff x   the product of the two distributions above, unweighted (a request-   normalised product
+sequence    level answer: the pair's counts and the user's own items)
 ==========  ===================================================================  ==================================
 
 **backoff** is a hierarchical additive smoothing, so it backs off exactly where the pair is sparse:
@@ -18,7 +20,8 @@ sequence    the unrestricted SASRec's own choice: clusters by their best item,  
 ``p(c) = (n_pair(c) + m p_last(c)) / (N_pair + m)`` over the novel clusters c, where n_last counts the transitions
 out of every pair ending in the user's latest cluster. A pair without transitions gets the last cluster's
 distribution, a last cluster without any gets popularity. k and m are fixed settings (1 and 1), chosen before any
-run and not tuned on the test period.
+run and not tuned on the test period. **backoff x sequence** is the product of experts of the back-off's and
+the sequence model's distributions, ``p(c) ∝ p_backoff(c) · p_sequence(c)``, unweighted for the same reason.
 """
 
 from __future__ import annotations
@@ -179,6 +182,41 @@ class SequenceChoice(Strategy):
                 ranking, distribution = self.scores.clusters_for(case, candidate_ids(case.pair, self.clusters))
                 out.append(Answer.ranked(ranking, distribution))
             return out
+
+
+class BackoffTimesSequence(Strategy):
+    name, label = "backoff-x-sequence", "back-off counts x the sequence model's distribution (product of experts)"
+    cadence = "every knowledge sync (the sequence model never retrained)"
+    streaming = True
+
+    def __init__(self, backoff: CountBackoff, scores: SequenceScores) -> None:
+        super().__init__()
+        self.backoff, self.scores = backoff, scores
+
+    def answer(self, state: PointState, cases: Sequence[Case], inferred: Mapping[InferenceRequest, Inferred]
+               ) -> list[Answer]:
+        with self.ledger.measure():
+            return [self.case_answer(state, case) for case in cases]
+
+    def case_answer(self, state: PointState, case: Case) -> Answer:
+        pair_answer = self.backoff.pair_answer(state, case.pair)
+        assert pair_answer.distribution is not None
+        return times_sequence(pair_answer.distribution, self.scores, case, pair_answer.ranking)
+
+
+def times_sequence(distribution: Mapping[str, float], scores: SequenceScores, case: Case,
+                   tie_order: Sequence[str]) -> Answer:
+    """`distribution` multiplied by the sequence model's next-item mass per cluster for this case and renormalised,
+    ranked with ties in `tie_order`. Where the sequence model has no unseen item in any candidate, `distribution`
+    alone."""
+    _, sequence_p = scores.clusters_for(case, list(distribution))
+    joint = {c: p * sequence_p.get(c, 0.0) for c, p in distribution.items()}
+    total = sum(joint.values())
+    if not total > 0:
+        joint, total = dict(distribution), sum(distribution.values())
+    order = {c: i for i, c in enumerate(tie_order)}
+    ranking = sorted(joint, key=lambda c: (-joint[c], order.get(c, len(order)), c))
+    return Answer.ranked(ranking, {c: v / total for c, v in joint.items()})
 
 
 def _smoothed(candidates: Sequence[str], counts: Mapping[str, int], k: float) -> dict[str, float]:

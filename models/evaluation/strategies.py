@@ -11,6 +11,7 @@ finetune        periodic fine-tune           none                             a 
 hybrid          periodic fine-tune           the streaming knowledge          either
 hybrid-scores   the same, the model's whole distribution (candidate scoring, kind "scores") -- same refresh rule
 hybrid-poe      hybrid-scores' distribution x the back-off counts (product of experts) -- same refresh rule
+hybrid-poe-seq  hybrid-poe x the sequence model's distribution for the user (per request) -- same refresh rule
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -33,7 +34,8 @@ from pathlib import Path
 from models.clusters import ClusterSet
 import math
 
-from models.evaluation.baselines import CountBackoff
+from models.evaluation.baselines import CountBackoff, times_sequence
+from models.evaluation.grounding import SequenceScores
 from models.evaluation.interface import Answer, InferenceRequest, Inferred, PointState, Snapshot, Strategy
 from models.evaluation.protocol import Case
 from models.prompts import Knowledge
@@ -147,23 +149,30 @@ class ScoredTableStrategy(LlmTableStrategy):
       and log-loss;
     * ``poe``   -- a product of experts with the retrieved counts, ``p(c) ∝ p_model(c) · p_backoff(c)``, unweighted
       (fixed before any run, not fitted on the test period); ``p_backoff`` is the back-off baseline's smoothed
-      distribution (models/evaluation/baselines.py) on the same streaming knowledge the prompt shows.
+      distribution (models/evaluation/baselines.py) on the same streaming knowledge the prompt shows;
+    * ``poe-sequence`` -- that product times the sequence model's distribution for the case's user (its next-item
+      mass per cluster), unweighted: the LLM-free backoff-x-sequence baseline with the model as a third expert.
     """
 
     combine: str = "model"
-    backoff: CountBackoff | None = None  # required for "poe"
+    backoff: CountBackoff | None = None  # required for "poe" and "poe-sequence"
+    sequence: SequenceScores | None = None  # required for "poe-sequence"
 
     def _answer_of(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
         scores = result["scores"]
         assert isinstance(scores, Mapping)
         distribution = softmax(scores)
-        if self.combine == "poe":
+        order = {c: i for i, c in enumerate(scores)}
+        if self.combine in ("poe", "poe-sequence"):
             if self.backoff is None:
                 raise ValueError(f"{self.name}: a product of experts needs the back-off baseline")
             counts = self.backoff.pair_answer(state, case.pair).distribution
             assert counts is not None
             distribution = normalised({c: p * counts[c] for c, p in distribution.items()})
-        order = {c: i for i, c in enumerate(scores)}
+        if self.combine == "poe-sequence":
+            if self.sequence is None:
+                raise ValueError(f"{self.name}: this product of experts needs the sequence model's scores")
+            return times_sequence(distribution, self.sequence, case, list(order))
         ranking = sorted(distribution, key=lambda c: (-distribution[c], order[c]))
         return Answer.ranked(ranking, distribution)
 
@@ -181,7 +190,8 @@ def normalised(weights: Mapping[str, float]) -> dict[str, float]:
 
 
 def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_every: int, early_gap_days: int,
-                   backoff: CountBackoff | None = None) -> list[LlmTableStrategy]:
+                   backoff: CountBackoff | None = None, sequence: SequenceScores | None = None
+                   ) -> list[LlmTableStrategy]:
     ft_cadence = f"a fine-tune every {finetune_every} points" if finetune_every else "one fine-tune at the split"
     early = f"one fine-tune on the data up to {early_gap_days} days before the split"
 
@@ -201,6 +211,9 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
         ScoredTableStrategy("hybrid-poe", "hybrid x retrieved counts (product of experts with back-off)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
                             kind="scores", combine="poe", backoff=backoff),
+        ScoredTableStrategy("hybrid-poe-seq", "hybrid-poe x the sequence model's distribution (per request)",
+                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
+                            kind="scores", combine="poe-sequence", backoff=backoff, sequence=sequence),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

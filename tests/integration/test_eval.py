@@ -15,12 +15,13 @@ from tests.harness import settings_env
 
 pytestmark = pytest.mark.integration
 
-STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "finetune-early", "hybrid-early",
-              "random", "popular", "count", "backoff", "sequence")
+STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "finetune-early",
+              "hybrid-early", "random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")
 PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
-RANKERS = ("random", "popular", "count", "backoff", "sequence")  # hit@3 (and the scored LLM tables)
-SCORED = ("hybrid-scores", "hybrid-poe")
-DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "hybrid-scores", "hybrid-poe")  # log-loss
+RANKERS = ("random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")  # hit@3 (and the scored LLM tables)
+SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq")
+DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "backoff-x-sequence", "hybrid-scores", "hybrid-poe",
+                 "hybrid-poe-seq")  # log-loss
 
 
 def run_eval(settings, out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:

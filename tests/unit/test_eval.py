@@ -361,6 +361,40 @@ def test_sequence_choice_is_the_cluster_of_its_top_item_outside_the_pair() -> No
     assert scores.items(cases[0], "c3") == ["i3", "i4"]
 
 
+
+def test_backoff_times_sequence_is_the_normalised_product_and_the_llm_can_be_a_third_expert() -> None:
+    from models.evaluation.baselines import BackoffTimesSequence
+    from models.evaluation.grounding import SequenceScores
+    from models.evaluation.strategies import ScoredTableStrategy
+
+    cs = ClusterSet("v1", {"i0": "c0", "i1": "c1", "i2": "c2", "i3": "c3", "i4": "c3", "i5": "c4"},
+                    {f"c{k}": Cluster(f"c{k}", f"Name {k}", (), 3) for k in range(5)})
+    scores = SequenceScores(FakeSequence(), cs, k=2)
+    pair = ("c1", "c0")
+    one = case(pair=pair, recent=("i1",))
+    scores.prepare([one])
+    knowledge = {pair: [("c4", 20), ("c3", 1)]}  # the counts favour c4, the user's items c3
+    s = state(0, knowledge, models={FINETUNE: "ft.gguf"})
+    backoff = CountBackoff(cs)
+    counts = backoff.pair_answer(s, pair).distribution
+    _, items = scores.clusters_for(one, ["c2", "c3", "c4"])
+    product = {c: counts[c] * items[c] for c in counts}
+    total = sum(product.values())
+    answer = answers(BackoffTimesSequence(backoff, scores), s, [one])[0]
+    assert answer.distribution == pytest.approx({c: v / total for c, v in product.items()})
+    assert answer.cluster == max(product, key=product.__getitem__)
+    assert answer.ranking == tuple(sorted(product, key=lambda c: -product[c]))
+    # the hybrid's model as the third expert: a confident model moves the product's answer where both others hesitate
+    model = {"c2": math.log(0.98), "c3": math.log(0.01), "c4": math.log(0.01)}
+    third = ScoredTableStrategy("t", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores",
+                                combine="poe-sequence", backoff=backoff, sequence=scores)
+    with_model = third._answer_of(one, s, {"scores": model})
+    expected = {c: math.exp(model[c]) * product[c] for c in product}
+    assert with_model.distribution == pytest.approx({c: v / sum(expected.values()) for c, v in expected.items()})
+    with pytest.raises(ValueError, match="sequence"):
+        ScoredTableStrategy("x", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores", combine="poe-sequence",
+                            backoff=backoff)._answer_of(one, s, {"scores": model})
+
 # ---------------------------------------------------------------------------------------------------- LLM tables
 class Recorder:
     """Plays the engine: answers the first shown next cluster (or the first novel cluster), counts calls."""
