@@ -216,11 +216,6 @@ def strategies(clusters: ClusterSet, ratings: Sequence[Rating], timeline: Timeli
     ]
 
 
-def user_level_strategies(clusters: ClusterSet, scores: SequenceScores, backoff: CountBackoff) -> list[Strategy]:
-    """The evaluation's sequence baseline and its product of the back-off's and the sequence model's distributions."""
-    return [SequenceChoice(clusters, scores), BackoffTimesSequence(backoff, scores)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -246,18 +241,15 @@ def main() -> None:
     runs: list[Strategy] = [CountArgmax(clusters),
                             *strategies(clusters, ratings, timeline, cases, settings, points)]
     if args.sequence:
-        from models.sequence import SequenceModelNotTrained, load_current as load_sequence
+        from models.sequence import SequenceModelNotTrained, load_current_for_split
 
         try:
-            sequence = load_sequence(settings)
+            scores = SequenceScores(load_current_for_split(settings), clusters, settings.eval_items_k)
         except SequenceModelNotTrained as error:
             raise SystemExit(f"{error} (`explorer sequence train`)") from error
-        if sequence.meta.get("train_fraction", settings.train_fraction) != settings.train_fraction:
-            raise SystemExit("the current sequence model was trained on another split: train it again")
-        scores = SequenceScores(sequence, clusters, settings.eval_items_k)
         scores.prepare(cases)
         backoff = CountBackoff(clusters, settings.eval_backoff_k, settings.eval_backoff_prior)
-        runs += user_level_strategies(clusters, scores, backoff)
+        runs += [SequenceChoice(clusters, scores), BackoffTimesSequence(backoff, scores)]
     results = []
     for strategy in runs:
         result = StrategyResult(strategy.name, strategy.label, "", False, True, None)

@@ -127,7 +127,7 @@ def prepare_work_dir(settings: Settings, work_settings: Settings, console: Any) 
     from models.sequence import (
         SequenceConfig,
         SequenceModelNotTrained,
-        load_current,
+        load_current_for_split,
         train_and_save,
     )
 
@@ -141,9 +141,7 @@ def prepare_work_dir(settings: Settings, work_settings: Settings, console: Any) 
         console.print("Building interest clusters from the training period...")
         clusters = build_clusters(work_settings)
     try:
-        sequence = load_current(settings)
-        if sequence.meta.get("train_fraction", settings.train_fraction) != settings.train_fraction:
-            raise SequenceModelNotTrained("the current sequence model was trained on another split")
+        sequence = load_current_for_split(settings)
     except SequenceModelNotTrained:
         console.print("Training the sequence recommender on the training period...")
         sequence, _ = train_and_save(work_settings, SequenceConfig.from_settings(work_settings), progress=True)

@@ -29,11 +29,17 @@ from __future__ import annotations
 from models.sequence.build import train_and_save
 from models.sequence.metrics import Holdout, hit_and_ndcg, holdout_ranks, rank_of_targets
 from models.sequence.model import NEG, PAD, SASRec, SequenceConfig, pad_left
-from models.sequence.recommender import SequenceRecommender, load_current, load_version, vocabulary
+from models.sequence.recommender import (
+    SequenceRecommender,
+    load_current,
+    load_current_for_split,
+    load_version,
+    vocabulary,
+)
 from models.sequence.storage import CURRENT, FORMAT, MODEL_FILE, SequenceModelNotTrained, sequence_root, sequence_store
 from models.sequence.training import TrainReport, train_model, training_windows, user_sequences
 
 __all__ = ["CURRENT", "FORMAT", "MODEL_FILE", "NEG", "PAD", "Holdout", "SASRec", "SequenceConfig",
            "SequenceModelNotTrained", "SequenceRecommender", "TrainReport", "hit_and_ndcg", "holdout_ranks",
-           "load_current", "load_version", "pad_left", "rank_of_targets", "sequence_root", "sequence_store",
+           "load_current", "load_current_for_split", "load_version", "pad_left", "rank_of_targets", "sequence_root", "sequence_store",
            "train_and_save", "train_model", "training_windows", "user_sequences", "vocabulary"]

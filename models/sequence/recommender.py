@@ -166,6 +166,15 @@ def load_current(settings: Settings) -> SequenceRecommender:
     return load_version(settings, version)
 
 
+def load_current_for_split(settings: Settings) -> SequenceRecommender:
+    """The current model, refused unless it learned from the configured training period (`train_fraction`): an
+    offline evaluation of the test period must not read a model that saw it."""
+    model = load_current(settings)
+    if model.meta.get("train_fraction", settings.train_fraction) != settings.train_fraction:
+        raise SequenceModelNotTrained("the current sequence model was trained on another split")
+    return model
+
+
 def load_version(settings: Settings, version: str) -> SequenceRecommender:
     store = sequence_store(settings)
     folder = store.folder(version)
