@@ -45,7 +45,8 @@ from models.evaluation.interface import InferenceRequest, Inferred, PointState, 
 from models.evaluation.protocol import Case, Horizon, Timeline, all_cases, busiest_pairs, is_hit, is_hit_at, \
     is_item_hit, make_timeline
 from models.evaluation.strata import strata_of
-from models.evaluation.strategies import BASE, EARLY, FINETUNE, LlmTableStrategy, llm_strategies
+from models.evaluation.strategies import BASE, EARLY, FINETUNE, LlmTableStrategy, ScoredTableStrategy, \
+    llm_strategies
 from models.evaluation.summary import StrategyResult, summarise
 from models.evaluation.versioning import code_version, git_commit, run_key
 from streams.settings import Settings
@@ -293,6 +294,9 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
             stop.set()
             if beside is not None:
                 beside.join()
+    with _phase(phases, "calibration_s"):
+        calibration = _calibrate(engine, llms, states, replayed, config, settings, clusters, ratings, version_of,
+                                 ft_reason)
     with _phase(phases, "inference_s"):
         plan = base_plan + _plan([s for s in llms if s.role != BASE and not s.skipped], states, by_state)
         engine.count(plan)
@@ -344,7 +348,8 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
         "cpu_s_main": round(time.process_time() - started_cpu, 1),
         "cpu_s_children": round(children.ru_utime + children.ru_stime, 1),  # worker, inference processes
         "worker_cpu_s": replayed.worker_cpu_s, "phases_s": {k: round(v, 1) for k, v in phases.items()},
-        "inference": engine.stats.as_dict(), "fine_tunes": ft_log, "clusters": clusters.version,
+        "inference": engine.stats.as_dict(), "fine_tunes": ft_log, "calibration": calibration,
+        "clusters": clusters.version,
         "all_pairs": len(clusters.clusters) * (len(clusters.clusters) - 1), "sequence": sequence.version,
         "split": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.split_ts)),
         "end": time.strftime("%Y-%m-%d %H:%M", time.gmtime(timeline.end_ts)), "base_model": base_model,
@@ -394,11 +399,12 @@ def _fine_tunes(tuner: BudgetedFineTuner, replayed: _Replayed, timeline: Timelin
     for state in ft_states:
         until = split_day if state == 0 else day_of(timeline.states[state])
         jobs.append((FINETUNE, state, until, "ft-split" if state == 0 else f"ft-p{state}"))
-    if config.early_gap_days > 0 and any(s.role == EARLY and not s.skipped for s in llms):
+    calibrates = _calibrated(llms)  # the early model is also what their temperature is fitted with
+    if config.early_gap_days > 0 and (calibrates or any(s.role == EARLY and not s.skipped for s in llms)):
         jobs.append((EARLY, 0, split_day - config.early_gap_days, f"ft-early-{config.early_gap_days}d"))
     for role, deployed, until, tag in jobs:
         users = [s for s in llms if s.role == role and not s.skipped]
-        if not users:
+        if not users and not (role == EARLY and calibrates):
             continue
         task = progress.add_task(f"fine-tune {tag}", total=None)
         try:
@@ -426,6 +432,46 @@ def _fine_tunes(tuner: BudgetedFineTuner, replayed: _Replayed, timeline: Timelin
                        "examples": done.examples, "steps": done.steps, "train_s": round(done.train_s, 1),
                        "loss": [round(done.first_loss, 3), round(done.final_loss, 3)], "cpu_s": round(done.cpu_s, 1),
                        "wall_s": round(done.wall_s, 1), "cached": done.cached, **done.timings})
+
+
+def _calibrated(llms: Sequence[LlmTableStrategy]) -> list[ScoredTableStrategy]:
+    """The strategies that read the model's distribution, so whose temperature is fitted."""
+    return [s for s in llms if isinstance(s, ScoredTableStrategy) and not s.skipped]
+
+
+def _calibrate(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states: Sequence[PointState],
+               replayed: _Replayed, config: EvalConfig, settings: Settings, clusters: ClusterSet,
+               ratings: Sequence[Any], version_of: Any, ft_reason: str | None) -> dict[str, Any]:
+    """Fit the temperature of the scored strategies' distributions (models/calibration.py) before any test case is
+    read: the early-window model (the same recipe, trained up to `early_gap_days` before the split) scores the
+    held-out pairs of the month it never saw -- the training period's last `early_gap_days` days, with the
+    knowledge of its cut, as the fine-tuning gates sample them -- and T maximises the likelihood of those pairs'
+    observed next clusters. The test period is never read. The production cycle has the same data for free: its
+    gates' held-out pairs follow the model's training period (models/finetune/cycle.py)."""
+    from models.calibration import Observed, fit_temperature
+    from models.finetune.curation import curate, split_day_of
+
+    scored = _calibrated(llms)
+    if not scored:
+        return {"skipped": "no strategy reads the model's distribution"}
+    early = states[0].models.get(EARLY)
+    reason = (ft_reason or ("no early window (EXPLORER_EVAL_EARLY_FINETUNE_GAP_DAYS=0)" if config.early_gap_days <= 0
+                            else None) or ("the early-window fine-tune failed" if early is None else None))
+    if reason is not None or early is None:
+        return {"skipped": f"uncalibrated (T = 1): {reason}"}
+    cut = split_day_of(ratings, settings.train_fraction) - config.early_gap_days
+    held_out = curate(replayed.counts[0], clusters, cut, settings).held_out
+    requests = [InferenceRequest.of("scores", early, version_of(early), h.history, h.knowledge) for h in held_out]
+    engine.count(requests)
+    inferred = engine.run(requests)
+    observed = [Observed(inferred[r].result["scores"], h.next_counts) for r, h in zip(requests, held_out, strict=True)]
+    fitted = fit_temperature(observed)
+    cpu_s = sum(inferred[r].cpu_s for r in requests)
+    for strategy in scored:
+        strategy.temperature = fitted.temperature
+        strategy.ledger.cpu_s += cpu_s  # what the fit's inferences cost, charged like the strategy's own
+    return {**fitted.as_dict(), "model": "early-window fine-tune", "window_days": config.early_gap_days,
+            "from": time.strftime("%Y-%m-%d", time.gmtime(cut * 86_400)), "cpu_s": round(cpu_s, 1)}
 
 
 def _outcome(case: Case, answer: Any, clusters: ClusterSet, scores: SequenceScores, head: frozenset[str],

@@ -101,6 +101,25 @@ def strata_table(result: Any, dimension: str) -> str:
     return "\n".join(lines)
 
 
+def best_free_table(result: Any) -> str:
+    """Each LLM strategy's paired hit@1 difference to the best LLM-free strategy, overall and per stratum (the
+    best there)."""
+    llm = [s for s in result.strategies if s.vs_best_free]
+    if not llm:
+        return "No LLM strategy was evaluated."
+    columns = [(d, v) for d in DIMENSIONS for v in DIMENSIONS[d]]
+    lines = ["| strategy | overall | " + " | ".join(f"{d}: {v}" for d, v in columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    for s in llm:
+        cells = [f"{_difference(s.vs_best_free['hit'])} vs {s.vs_best_free['against']}"]
+        for d, v in columns:
+            numbers = s.strata[d][v]
+            cells.append(f"{_difference(numbers['vs_best_free'])} vs {numbers['best_free']}"
+                         if "vs_best_free" in numbers else "–")
+        lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def drift_table(result: Any) -> str:
     lines = ["| point | vs split: mean Jaccard (pairs) | weighted | pairs ≥20: mean (pairs) | unchanged share | "
              "new pairs | vs previous state: mean | weighted |", "|---|---|---|---|---|---|---|---|"]
@@ -152,6 +171,7 @@ def as_json(result: Any) -> dict[str, Any]:
         "strategies": [{
             "name": s.name, "label": s.label, "skipped": s.skipped, "cadence": s.cadence, "uses_llm": s.uses_llm,
             "metrics": _intervals(s.metrics), "vs_count": _intervals(s.vs_count),
+            "vs_best_free": {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in s.vs_best_free.items()},
             "strata": {d: {v: {k: (x.as_dict() if hasattr(x, "as_dict") else x) for k, x in numbers.items()}
                            for v, numbers in per.items()} for d, per in s.strata.items()},
             "validity": s.validity, "exact_match": s.exact_match, "exact_match_n": s.exact_match_n,
@@ -162,6 +182,16 @@ def as_json(result: Any) -> dict[str, Any]:
         } for s in result.strategies],
         "points": result.points, "drift": result.drift, "totals": result.totals,
     }
+
+
+def _calibration_text(calibration: dict[str, Any]) -> str:
+    if "temperature" not in calibration:
+        return calibration.get("skipped", "not fitted (T = 1)")
+    return (f"T = {calibration['temperature']:.2f}, fitted on the {calibration['prompts']} held-out pairs "
+            f"({calibration['transitions']} transitions) of the {calibration['window_days']} days from "
+            f"{calibration['from']} to the split, scored by the {calibration['model']} that never saw them — never on "
+            f"the test period; their log-loss {calibration['log_loss_uncalibrated']:.2f} at T = 1, "
+            f"{calibration['log_loss']:.2f} at T ({calibration['cpu_s']} CPU s).")
 
 
 def _markdown(result: Any) -> str:
@@ -175,6 +205,7 @@ def _markdown(result: Any) -> str:
                            f"{f['cpu_s']} CPU s ({f['wall_s']} s wall){' — from the cache' if f['cached'] else ''}"
                            for f in totals.get("fine_tunes", [])) or "- none"
     inference = totals["inference"]
+    calibration = _calibration_text(totals.get("calibration") or {})
     strata = "\n\n".join(f"**By {DIMENSION_TITLES[d]}** (hit@1 [95% CI], Δ to count, `*`: outside 0)\n\n"
                          f"{strata_table(result, d)}" for d in DIMENSIONS)
     phases = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in totals["phases_s"].items())
@@ -214,6 +245,11 @@ at fine-tune points; "never" when its answers do not follow the knowledge).
 
 {strata}
 
+**Against the best LLM-free strategy** (paired Δ hit@1 [95% CI]; the competitor with the best hit@1 overall and,
+per stratum, the best in that stratum — picked after the fact, so it only makes the LLM's case harder)
+
+{best_free_table(result)}
+
 ## Drift (top-5 next clusters per pair, Jaccard)
 
 {drift_table(result)}
@@ -221,6 +257,8 @@ at fine-tune points; "never" when its answers do not follow the knowledge).
 ## Fine-tunes
 
 {fine_tunes}
+
+**Temperature of the model's distribution** (the scored strategies; models/calibration.py): {calibration}
 
 ## States
 

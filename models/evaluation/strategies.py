@@ -12,6 +12,7 @@ hybrid          periodic fine-tune           the streaming knowledge          ei
 hybrid-scores   the same, the model's whole distribution (candidate scoring, kind "scores") -- same refresh rule
 hybrid-poe      hybrid-scores' distribution x the back-off counts (product of experts) -- same refresh rule
 hybrid-poe-seq  hybrid-poe x the sequence model's distribution for the user (per request) -- same refresh rule
+hybrid-seq      hybrid-scores' distribution x the sequence model's (per request), no counts -- same refresh rule
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -19,6 +20,10 @@ hybrid-early    that same early fine-tune    the streaming knowledge          it
 
 The early pair is the drift variant: a model that learned up to ``eval_early_finetune_gap_days`` before the split,
 so retrieval has a month of knowledge to catch up on that the weights never saw.
+
+The scored strategies' distributions are temperature-scaled (``temperature``; models/calibration.py) with one
+temperature fitted before the run on transitions no fine-tune of the recipe learned from and outside the test
+period (streams/eval_run.py: the early-window model on the month before the split); T = 1 when none was fitted.
 
 Rows are planned lazily for the pairs the cases need at each state -- exactly the answers a full table would
 hold -- and the number of pairs a full-table refresh would have re-inferred is counted apart
@@ -151,17 +156,22 @@ class ScoredTableStrategy(LlmTableStrategy):
       (fixed before any run, not fitted on the test period); ``p_backoff`` is the back-off baseline's smoothed
       distribution (models/evaluation/baselines.py) on the same streaming knowledge the prompt shows;
     * ``poe-sequence`` -- that product times the sequence model's distribution for the case's user (its next-item
-      mass per cluster), unweighted: the LLM-free backoff-x-sequence baseline with the model as a third expert.
+      mass per cluster), unweighted: the LLM-free backoff-x-sequence baseline with the model as a third expert;
+    * ``sequence`` -- the model's distribution times the sequence model's, unweighted: the LLM in the place the
+      back-off counts hold in backoff-x-sequence (the prompt already carries the retrieved counts).
+
+    The model's distribution is ``softmax(log p / temperature)`` in every mode.
     """
 
     combine: str = "model"
     backoff: CountBackoff | None = None  # required for "poe" and "poe-sequence"
-    sequence: SequenceScores | None = None  # required for "poe-sequence"
+    sequence: SequenceScores | None = None  # required for "poe-sequence" and "sequence"
+    temperature: float = 1.0  # the model's log-probabilities are divided by it (> 1 flattens an over-confident model)
 
     def _answer_of(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
         scores = result["scores"]
         assert isinstance(scores, Mapping)
-        distribution = softmax(scores)
+        distribution = softmax(scores, self.temperature)
         order = {c: i for i, c in enumerate(scores)}
         if self.combine in ("poe", "poe-sequence"):
             if self.backoff is None:
@@ -169,7 +179,7 @@ class ScoredTableStrategy(LlmTableStrategy):
             counts = self.backoff.pair_answer(state, case.pair).distribution
             assert counts is not None
             distribution = normalised({c: p * counts[c] for c, p in distribution.items()})
-        if self.combine == "poe-sequence":
+        if self.combine in ("poe-sequence", "sequence"):
             if self.sequence is None:
                 raise ValueError(f"{self.name}: this product of experts needs the sequence model's scores")
             return times_sequence(distribution, self.sequence, case, list(order))
@@ -177,9 +187,12 @@ class ScoredTableStrategy(LlmTableStrategy):
         return Answer.ranked(ranking, distribution)
 
 
-def softmax(log_probs: Mapping[str, float]) -> dict[str, float]:
+def softmax(log_probs: Mapping[str, float], temperature: float = 1.0) -> dict[str, float]:
+    """The distribution ``p(c) ∝ exp(log_probs[c] / temperature)``; an infinite temperature gives the uniform one."""
+    if not temperature > 0:
+        raise ValueError(f"a temperature must be positive, got {temperature}")
     top = max(log_probs.values())
-    return normalised({c: math.exp(v - top) for c, v in log_probs.items()})
+    return normalised({c: math.exp((v - top) / temperature) for c, v in log_probs.items()})
 
 
 def normalised(weights: Mapping[str, float]) -> dict[str, float]:
@@ -214,6 +227,9 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
         ScoredTableStrategy("hybrid-poe-seq", "hybrid-poe x the sequence model's distribution (per request)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
                             kind="scores", combine="poe-sequence", backoff=backoff, sequence=sequence),
+        ScoredTableStrategy("hybrid-seq", "hybrid's distribution x the sequence model's (per request, no counts)",
+                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
+                            kind="scores", combine="sequence", sequence=sequence),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

@@ -27,6 +27,9 @@ class StrategyResult:
     outcomes: list[m.Outcome] = field(default_factory=list)
     metrics: dict[str, m.Interval] = field(default_factory=dict)  # only those the strategy defines
     vs_count: dict[str, m.Interval] = field(default_factory=dict)
+    # LLM strategies: paired hit@1 difference to the LLM-free strategy with the best hit@1 (overall, and per stratum
+    # the best there) -- the strongest competitor, picked after the fact, so it only makes the LLM's case harder
+    vs_best_free: dict[str, Any] = field(default_factory=dict)  # {"against": name, "hit": Interval}
     strata: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # dimension -> value -> numbers
     validity: float | None = None
     exact_match: float | None = None
@@ -73,4 +76,26 @@ def summarise(results: Sequence[StrategyResult], n_clusters: int, bootstrap: int
         result.validity = m.validity(outcomes)
         result.distinct, result.coverage = m.exploration(outcomes, n_clusters)
         result.by_point = m.rate_by_point(outcomes)
+    _against_best_free(evaluated, draws, users)
     return users
+
+
+def _against_best_free(evaluated: Sequence[StrategyResult], draws: Any, users: Sequence[str]) -> None:
+    free = [r for r in evaluated if not r.uses_llm and "hit" in r.metrics]
+    if not free:
+        return
+    best = max(free, key=lambda r: r.metrics["hit"].value)
+    for result in evaluated:
+        if not result.uses_llm:
+            continue
+        result.vs_best_free = {"against": best.name,
+                               "hit": m.paired_difference(result.outcomes, best.outcomes, draws, users, "hit")}
+        for dimension, per_value in result.strata.items():
+            for value, numbers in per_value.items():
+                if not numbers["cases"]:
+                    continue
+                here = max(free, key=lambda r: r.strata[dimension][value]["hit"].value)
+                inside = m.where(result.outcomes, m.in_stratum(dimension, value))
+                theirs = m.where(here.outcomes, m.in_stratum(dimension, value))
+                numbers["best_free"] = here.name
+                numbers["vs_best_free"] = m.paired_difference(inside, theirs, draws, users, "hit")

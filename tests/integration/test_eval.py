@@ -15,13 +15,12 @@ from tests.harness import settings_env
 
 pytestmark = pytest.mark.integration
 
-STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "finetune-early",
-              "hybrid-early", "random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")
+STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq",
+              "finetune-early", "hybrid-early", "random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")
 PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
 RANKERS = ("random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")  # hit@3 (and the scored LLM tables)
-SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq")
-DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "backoff-x-sequence", "hybrid-scores", "hybrid-poe",
-                 "hybrid-poe-seq")  # log-loss
+SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq")
+DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "backoff-x-sequence", *SCORED)  # log-loss
 
 
 def run_eval(settings, out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -100,6 +99,7 @@ def test_eval_quick_writes_a_complete_report(serving_settings, tmp_path) -> None
     by_name = {s["name"]: s for s in results["strategies"]}
     assert by_name["finetune"]["skipped"] and by_name["hybrid"]["skipped"]  # quick: no fine-tuning unless asked
     assert not by_name["rag"]["skipped"] and not by_name["count"]["skipped"]
+    assert "no strategy reads" in results["totals"]["calibration"]["skipped"]  # the scored ones need a fine-tune
     inference = results["totals"]["inference"]
     assert inference["inferred"] == inference["unique"] > 0 and inference["cached"] == 0  # a fresh cache
 
@@ -124,3 +124,7 @@ def test_eval_quick_with_a_budgeted_fine_tune(serving_settings, tmp_path) -> Non
     results = check_report(out)
     assert not any(s["skipped"] for s in results["strategies"])
     assert results["totals"]["fine_tunes"]
+    # the scored strategies' temperature was fitted with the early-window model on the month before the split
+    calibration = results["totals"]["calibration"]
+    assert calibration["temperature"] > 0 and calibration["prompts"] > 0 and calibration["transitions"] > 0
+    assert calibration["log_loss"] <= calibration["log_loss_uncalibrated"]

@@ -394,6 +394,14 @@ def test_backoff_times_sequence_is_the_normalised_product_and_the_llm_can_be_a_t
     with pytest.raises(ValueError, match="sequence"):
         ScoredTableStrategy("x", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores", combine="poe-sequence",
                             backoff=backoff)._answer_of(one, s, {"scores": model})
+    # the model alone in the counts' place, temperature-scaled: p ∝ p_model^(1/T) · p_sequence
+    flat = ScoredTableStrategy("s", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores", combine="sequence",
+                               sequence=scores, temperature=4.0)._answer_of(one, s, {"scores": model})
+    scaled = {c: math.exp(model[c] / 4.0) * items[c] for c in items}
+    assert flat.distribution == pytest.approx({c: v / sum(scaled.values()) for c, v in scaled.items()})
+    sharp = ScoredTableStrategy("s", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores", combine="sequence",
+                                sequence=scores)._answer_of(one, s, {"scores": model})
+    assert sharp.cluster == "c2" and flat.cluster == max(scaled, key=scaled.__getitem__) == "c3"
 
 # ---------------------------------------------------------------------------------------------------- LLM tables
 class Recorder:
@@ -570,6 +578,11 @@ def test_report_writes_every_table_and_plot(tmp_path) -> None:
         results.append(result)
     results.append(StrategyResult("finetune", "", "", True, False, "skipped: quick mode"))
     summarise(results, 40, 200, 1)
+    rag = results[0]  # the LLM strategy is compared with the best LLM-free one too: backoff, 4 of 6 against 2
+    assert rag.vs_best_free["against"] == "backoff" and rag.vs_best_free["hit"].value == pytest.approx(-1 / 3)
+    odd = rag.strata["support"]["≥20"]  # users b, d, f: rag hits b, backoff b and d, count b
+    assert odd["best_free"] == "backoff" and odd["vs_best_free"].value == pytest.approx(-1 / 3)
+    assert not results[1].vs_best_free  # only LLM strategies
     config = EvalConfig.from_settings(Settings(), quick=True)
     totals = {"split": "s", "end": "e", "clusters": "c40", "sequence": "sq", "base_model": "/m/base.gguf",
               "cases": 6, "users": 6, "cases_by_anchor": {"point": 6, "request": 0},
@@ -584,5 +597,6 @@ def test_report_writes_every_table_and_plot(tmp_path) -> None:
     report = paths["report"].read_text()
     assert "| backoff | 0.667" in report and "| finetune | skipped: quick mode" in report
     assert "0 (n=3, 3 users)" in report and "≥20 (n=3, 3 users)" in report  # the strata tables
+    assert "| rag | -0.333 [" in report and "vs backoff" in report  # against the best LLM-free strategy
     assert all(paths[name].read_bytes()[:4] == b"\x89PNG" for name in PLOTS)
     assert (tmp_path / "cache" / "runs" / "k.json").is_file()  # the results kept under the run key
