@@ -1,5 +1,6 @@
 """Every strategy's outcomes turned into the report's numbers: overall metrics with intervals, paired differences
-to the count baseline, the same per stratum, exploration and costs. One set of user resamples serves every metric
+to the count baseline (and, for an LLM strategy, to the best LLM-free one), the same per stratum, exploration and
+costs. One set of user resamples serves every metric
 and strategy, so all differences are paired."""
 
 from __future__ import annotations
