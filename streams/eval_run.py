@@ -465,7 +465,10 @@ def _calibrate(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states
     engine.count(requests)
     inferred = engine.run(requests)
     observed = [Observed(inferred[r].result["scores"], h.next_counts) for r, h in zip(requests, held_out, strict=True)]
-    fitted = fit_temperature(observed)
+    try:
+        fitted = fit_temperature(observed)
+    except ValueError as exc:  # e.g. no held-out transitions in the window: a result to report, not a crash
+        return {"skipped": f"uncalibrated (T = 1): {exc}"}
     cpu_s = sum(inferred[r].cpu_s for r in requests)
     for strategy in scored:
         strategy.temperature = fitted.temperature
