@@ -280,10 +280,10 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
                                           "on_progress": lambda n: progress.advance(infer_task, n)})
         beside.start()
     ft_log: list[dict[str, Any]] = []
+    split_day = split_day_of(ratings, settings.train_fraction)
     with _phase(phases, "finetune_s"):
         try:
             if ft_states:
-                split_day = split_day_of(ratings, settings.train_fraction)
                 tuner = BudgetedFineTuner(
                     settings.model_copy(update={"finetune_threads": settings.eval_finetune_threads}), clusters,
                     base_model, work / "finetuned", config.finetune_budget_s,
@@ -295,7 +295,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
             if beside is not None:
                 beside.join()
     with _phase(phases, "calibration_s"):
-        calibration = _calibrate(engine, llms, states, replayed, config, settings, clusters, ratings, version_of,
+        calibration = _calibrate(engine, llms, states, replayed, config, settings, clusters, split_day, version_of,
                                  ft_reason)
     with _phase(phases, "inference_s"):
         plan = base_plan + _plan([s for s in llms if s.role != BASE and not s.skipped], states, by_state)
@@ -441,7 +441,7 @@ def _calibrated(llms: Sequence[LlmTableStrategy]) -> list[ScoredTableStrategy]:
 
 def _calibrate(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states: Sequence[PointState],
                replayed: _Replayed, config: EvalConfig, settings: Settings, clusters: ClusterSet,
-               ratings: Sequence[Any], version_of: Any, ft_reason: str | None) -> dict[str, Any]:
+               split_day: int, version_of: Any, ft_reason: str | None) -> dict[str, Any]:
     """Fit the temperature of the scored strategies' distributions (models/calibration.py) before any test case is
     read: the early-window model (the same recipe, trained up to `early_gap_days` before the split) scores the
     held-out pairs of the month it never saw -- the training period's last `early_gap_days` days, with the
@@ -449,17 +449,17 @@ def _calibrate(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states
     observed next clusters. The test period is never read. The production cycle has the same data for free: its
     gates' held-out pairs follow the model's training period (models/finetune/cycle.py)."""
     from models.calibration import Observed, fit_temperature
-    from models.finetune.curation import curate, split_day_of
+    from models.finetune.curation import curate
 
     scored = _calibrated(llms)
     if not scored:
         return {"skipped": "no strategy reads the model's distribution"}
     early = states[0].models.get(EARLY)
-    reason = (ft_reason or ("no early window (EXPLORER_EVAL_EARLY_FINETUNE_GAP_DAYS=0)" if config.early_gap_days <= 0
-                            else None) or ("the early-window fine-tune failed" if early is None else None))
-    if reason is not None or early is None:
+    if early is None:
+        reason = ft_reason or ("no early window (EXPLORER_EVAL_EARLY_FINETUNE_GAP_DAYS=0)" if config.early_gap_days <= 0
+                               else "the early-window fine-tune failed")
         return {"skipped": f"uncalibrated (T = 1): {reason}"}
-    cut = split_day_of(ratings, settings.train_fraction) - config.early_gap_days
+    cut = split_day - config.early_gap_days  # the early model's training data ends here (_fine_tunes)
     held_out = curate(replayed.counts[0], clusters, cut, settings).held_out
     requests = [InferenceRequest.of("scores", early, version_of(early), h.history, h.knowledge) for h in held_out]
     engine.count(requests)

@@ -165,15 +165,19 @@ def _intervals(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v.as_dict() for k, v in values.items()}
 
 
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Intervals as dicts, everything else as it is."""
+    return {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in values.items()}
+
+
 def as_json(result: Any) -> dict[str, Any]:
     return {
         "config": result.config.as_dict(),
         "strategies": [{
             "name": s.name, "label": s.label, "skipped": s.skipped, "cadence": s.cadence, "uses_llm": s.uses_llm,
             "metrics": _intervals(s.metrics), "vs_count": _intervals(s.vs_count),
-            "vs_best_free": {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in s.vs_best_free.items()},
-            "strata": {d: {v: {k: (x.as_dict() if hasattr(x, "as_dict") else x) for k, x in numbers.items()}
-                           for v, numbers in per.items()} for d, per in s.strata.items()},
+            "vs_best_free": _plain(s.vs_best_free),
+            "strata": {d: {v: _plain(numbers) for v, numbers in per.items()} for d, per in s.strata.items()},
             "validity": s.validity, "exact_match": s.exact_match, "exact_match_n": s.exact_match_n,
             "distinct_clusters": s.distinct, "coverage": s.coverage, "update_cpu_s": round(s.cpu_s, 2),
             "llm_inferences": s.inferences, "model_updates": s.model_updates, "pairs_changed": s.pairs_changed,

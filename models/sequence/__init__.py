@@ -41,5 +41,5 @@ from models.sequence.training import TrainReport, train_model, training_windows,
 
 __all__ = ["CURRENT", "FORMAT", "MODEL_FILE", "NEG", "PAD", "Holdout", "SASRec", "SequenceConfig",
            "SequenceModelNotTrained", "SequenceRecommender", "TrainReport", "hit_and_ndcg", "holdout_ranks",
-           "load_current", "load_current_for_split", "load_version", "pad_left", "rank_of_targets", "sequence_root", "sequence_store",
-           "train_and_save", "train_model", "training_windows", "user_sequences", "vocabulary"]
+           "load_current", "load_current_for_split", "load_version", "pad_left", "rank_of_targets", "sequence_root",
+           "sequence_store", "train_and_save", "train_model", "training_windows", "user_sequences", "vocabulary"]
