@@ -97,7 +97,8 @@ class PairRefresher:
                 continue
             wanted = fingerprint(knowledge.get(pair, []), pair)
             row = cache.current(pair)
-            if row is not None and row.fingerprint == wanted:
+            # a row of the other kind (scored vs one answer, after a `novel_choice` change) is stale too
+            if row is not None and row.fingerprint == wanted and bool(row.scores) == self.settings.scored_pairs:
                 self.first_seen.pop(pair, None)
                 continue
             self.first_seen.setdefault(pair, now)
@@ -152,7 +153,7 @@ class PairRefresher:
                 continue
             pair = todo.pop(0)
             row: PairPrediction = await serving.llm(infer, predictor, pair, knowledge.get(pair, []), trending,
-                                                    version)
+                                                    version, time.time, settings.scored_pairs)
             if row.model_version != serving.cache.current_version:
                 continue  # a swap happened while it ran: the row still serves as the old model's, not as current
             had_row = serving.cache.current(pair) is not None

@@ -7,7 +7,8 @@ For each request (models/recommend.py has the decisions and the documented cold-
    producer did not partition by murmur2) is forwarded to the right partition of the requests' repartition topic,
    keeping its timestamp, and answered there (agents/routing.py);
 2. the novel cluster comes from the pair table (in memory, kept fresh by agents/pair_refresh.py), else from the LLM
-   with freshly retrieved knowledge (bounded by `llm_timeout_s`), else from the fallback;
+   with freshly retrieved knowledge (bounded by `llm_timeout_s`), else from the fallback; with ``novel_choice``
+   "llm-x-sequence" a row's distribution is multiplied by the user's sequence-model mass per cluster first;
 3. the sequence model ranks that cluster's items, the user's items excluded.
 
 Duplicates: every answer is kept per user (the `responses` table, last `responses_kept` request ids) and its
@@ -35,7 +36,7 @@ from agents.priority import Priority
 from agents.outbox import Outbox, OutboxUnit
 from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
 from models.pair_table import infer
-from models.recommend import FALLBACK, LLM, TABLE, fallback_cluster, grounded_items
+from models.recommend import FALLBACK, LLM, TABLE, fallback_cluster, grounded_items, llm_times_sequence
 from models.recommend import recommendation as make_recommendation
 from streams import codec
 from streams.dead_letters import dead_letter
@@ -70,6 +71,8 @@ class Choice:
     source: str
     model_version: str  # "<llm identity>|<sequence model version>" of what produced this very answer
     knowledge_version: str
+    scores: tuple[tuple[str, float], ...] = ()  # the row's distribution ("llm-x-sequence"), when it has one
+    temperature: float = 1.0
 
 
 class Responses:
@@ -120,7 +123,8 @@ class RequestHandler:
         if pair is not None:
             hit = serving.cache.lookup(pair)
             if hit is not None:
-                return Choice(hit.novel, TABLE, f"{hit.model_version}|{sequence}", hit.knowledge_version)
+                return Choice(hit.novel, TABLE, f"{hit.model_version}|{sequence}", hit.knowledge_version,
+                              hit.scores, hit.temperature)
         top_next, trending, knowledge_version = await serving.io(serving.retrieve, pair, history)
         predictor = serving.predictor
         if pair is not None and predictor is not None and waited_s > settings.llm_max_queue_wait_s:
@@ -128,7 +132,8 @@ class RequestHandler:
         elif pair is not None and predictor is not None:
             try:
                 row = await asyncio.wait_for(
-                    serving.llm_for_request(infer, predictor, pair, top_next, trending, knowledge_version),
+                    serving.llm_for_request(infer, predictor, pair, top_next, trending, knowledge_version,
+                                            time.time, settings.scored_pairs),
                     timeout=settings.llm_timeout_s)
             except asyncio.TimeoutError:
                 metrics.llm_failures.labels("timeout").inc()
@@ -139,7 +144,8 @@ class RequestHandler:
                 serving.cache.put(row)
                 serving.pending_rows.append(row)
                 # Labelled with the model that produced this row, even if another was swapped in meanwhile.
-                return Choice(row.novel, LLM, f"{row.model_version}|{sequence}", knowledge_version)
+                return Choice(row.novel, LLM, f"{row.model_version}|{sequence}", knowledge_version, row.scores,
+                              row.temperature)
         llm = predictor.model_version if predictor is not None else "none"
         novel = fallback_cluster(history, top_next, trending, serving.clusters)
         return Choice(novel, FALLBACK, f"{llm}|{sequence}", knowledge_version)
@@ -150,9 +156,15 @@ class RequestHandler:
         recent = list(user["i"]) if user else []
         choice = await self.choose(history, waited_s)
         serving = self.serving
-        items = await serving.io(grounded_items, serving.sequence, serving.members.get(choice.novel, []), recent,
-                                 request.k)
-        made = make_recommendation(request, history, choice.novel, serving.clusters, items, choice.source,
+        novel = choice.novel
+        if choice.scores and self.settings.scored_pairs and serving.sequence is not None and serving.mass is not None:
+            # the row's calibrated distribution x this user's sequence mass (models/recommend.py), one SASRec pass
+            novel, items = await serving.io(llm_times_sequence, serving.sequence, serving.mass, choice.scores,
+                                            choice.temperature, serving.members, recent, request.k)
+        else:
+            items = await serving.io(grounded_items, serving.sequence, serving.members.get(novel, []), recent,
+                                     request.k)
+        made = make_recommendation(request, history, novel, serving.clusters, items, choice.source,
                                    choice.model_version, choice.knowledge_version)
         self.metrics.recommendations_out.labels(choice.source).inc()
         return codec.dumps(made)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agents.priority import lower_thread_priority
 from models.pair_table import Pair, PairPrediction
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING
-from models.recommend import NO_MODEL, members_by_cluster
+from models.recommend import NO_MODEL, ClusterMass, members_by_cluster
 
 if TYPE_CHECKING:
     from models.clusters import ClusterSet
@@ -87,6 +87,7 @@ class Serving:
     cache: PairCache = field(default_factory=PairCache)
     predictor: NovelClusterPredictor | None = None
     sequence: SequenceRecommender | None = None
+    mass: ClusterMass | None = None  # the sequence model's item -> cluster map, for "llm-x-sequence"
     knowledge: KnowledgeStore | None = None
     pairs: PairTable | None = None
     pending_rows: list[PairPrediction] = field(default_factory=list)  # inferred on a miss, written by the refresher
@@ -145,6 +146,7 @@ class Serving:
         self.cache.merge(await self.io(self.pairs.load))
         try:
             self.sequence = await self.io(self.loaders.sequence)
+            self.mass = ClusterMass(self.sequence, self.clusters) if self.sequence is not None else None
         except SequenceModelNotTrained as exc:
             log.warning("%s; recommendations rank the cluster's items in catalogue order", exc)
         try:

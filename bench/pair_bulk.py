@@ -1,6 +1,6 @@
 """Bulk pair-table throughput: pairs/s of the build variants on the same pairs and knowledge, in one run.
 
-    python -m bench.pair_bulk [--pairs 120|all] [--processes N] [--threads 1] [--variants gbnf,ungrouped,grouped,processes]
+    python -m bench.pair_bulk [--pairs 120|all] [--processes N] [--threads 1] [--variants gbnf,ungrouped,grouped,processes,scored]
 
 * ``gbnf``       -- plain GBNF-constrained generation (llama-cpp-python's grammar sampler), one process, pairs in
   busiest-first order: the issue's reference point for per-pair speed (not run unless asked for);
@@ -9,7 +9,10 @@
   every pair);
 * ``grouped``    -- models/pair_bulk.build with one process: chunks of pairs sharing their first cluster, so that
   line is evaluated once per chunk;
-* ``processes``  -- the same with N worker processes (default: the CPU count / threads), each its own model.
+* ``processes``  -- the same with N worker processes (default: the CPU count / threads), each its own model;
+* ``scored``     -- the same processes, rows holding the model's whole distribution (what ``novel_choice``
+  "llm-x-sequence", the default, serves: candidate scoring over each name's distinguishing prefix); "same
+  answers" compares the distribution's argmax with the baseline's constrained answer.
 
 Knowledge comes from MovieLens-100k's training period (bench/llm_decoding.py's counting) written into a temporary
 LanceDB knowledge store; each variant writes its own temporary pair table. Prints pairs/s, the ratio against the
@@ -34,8 +37,8 @@ from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge, prompt_segment
 from models.counts import DAY_S, AllCounts
 from streams.settings import Settings
 
-VARIANTS = ("gbnf", "ungrouped", "grouped", "processes")
-DEFAULT_VARIANTS = ("ungrouped", "grouped", "processes")
+VARIANTS = ("gbnf", "ungrouped", "grouped", "processes", "scored")
+DEFAULT_VARIANTS = ("ungrouped", "grouped", "processes", "scored")
 DAY = 10_000
 
 
@@ -85,7 +88,8 @@ def main() -> None:
                 predictor.method = "trie"
             else:
                 build(predictor, store, table, clusters, pairs, processes=1 if variant == "grouped" else processes,
-                      settings=settings, model_path=predictor.model_path, threads=args.threads)
+                      settings=settings, model_path=predictor.model_path, threads=args.threads,
+                      scored=variant == "scored")
             seconds[variant] = time.perf_counter() - started
             (rows,) = table.load().values()
             answers[variant] = {pair: row.novel for pair, row in rows.items()}
@@ -101,7 +105,7 @@ def main() -> None:
     rows = [("variant", "pairs/s | x baseline | same answers | all pairs at this rate")]
     for variant in variants:
         rate = len(pairs) / seconds[variant]
-        label = f"{variant} ({processes} processes)" if variant == "processes" else variant
+        label = f"{variant} ({processes} processes)" if variant in ("processes", "scored") else variant
         same = sum(answers[variant][p] == answers[base][p] for p in pairs)
         summary = (f"{rate:6.2f} | {seconds[base] / seconds[variant]:5.2f}x | {same}/{len(pairs)} | "
                    f"{everything / rate / 60:5.1f} min")

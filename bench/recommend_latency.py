@@ -8,6 +8,9 @@ pair table's bulk throughput.
 3. The worker is restarted (it loads the table) with the background pair refresher OFF, so the LLM thread only
    serves request-time misses; requests are sent one at a time (each latency is the system's, not a queue's):
    users whose pair is in the table (hits), then one user per pair not in it (LLM misses).
+4. With ``novel_choice`` "llm-x-sequence" (the default: a hit multiplies the row's distribution by the user's
+   sequence-model mass per cluster), the worker is restarted once more with "llm" (a hit serves the row's own
+   answer, the path before) and the same hits are timed again: the baseline of the ratio, in the same run.
 
     python -m bench.recommend_latency [--ratings 20000] [--hits 200] [--under-replay 300000]
 
@@ -113,7 +116,8 @@ def main() -> None:
         table_pairs = distinct[::2]  # the other half stays out of the table: their users are the misses
         predictor = NovelClusterPredictor(settings, clusters, n_threads=settings.llm_threads)
         store = KnowledgeStore.from_settings(settings, clusters.version)
-        report = build(predictor, store, PairTable.from_settings(settings, clusters.version), clusters, table_pairs)
+        report = build(predictor, store, PairTable.from_settings(settings, clusters.version), clusters, table_pairs,
+                       scored=settings.scored_pairs)
         predictor.close()
 
         in_table = set(table_pairs)
@@ -148,13 +152,24 @@ def main() -> None:
                 after = worker.metrics()
                 ingested = worker.metric("explorer_events_in_total") - args.ratings
                 replay.join()
+        baseline = None
+        if settings.scored_pairs:  # the same rows served by their own answer: what a hit cost before
+            plain = settings.model_copy(update={"novel_choice": "llm"})
+            with run_worker(plain, Path(tmp)) as worker:
+                wait_until(lambda: worker.metric("explorer_pair_table_rows") >= len(table_pairs), 120,
+                           "the worker to load the pair table")
+                timed_requests(plain, hit_users[:5])
+                baseline = timed_requests(plain, hit_users)
 
     print(f"\nrecommendation latency, {args.ratings:,} ratings replayed, clusters {clusters.version}, "
-          f"LLM {settings.llm_threads} thread(s)")
+          f"LLM {settings.llm_threads} thread(s), novel_choice {settings.novel_choice}")
     rows = [("bulk pair table", f"{report.pairs} pairs in {report.seconds:.1f}s = {report.pairs_per_s:.2f} pairs/s "
              f"({report.mean_inference_ms:.0f} ms per pair); all {len(all_pairs(clusters))} pairs would take "
              f"~{len(all_pairs(clusters)) / max(report.pairs_per_s, 1e-9):.0f}s")]
     runs = [("table hits", hits), ("LLM misses", misses)]
+    if baseline is not None:
+        runs.append(("table hits, novel_choice llm (baseline: the row's own answer, no sequence product)",
+                     baseline))
     if loaded is not None:
         pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
         runs.append((f"table hits during a replay at {pace} ({ingested:,.0f} events ingested meanwhile)", loaded))
@@ -174,6 +189,11 @@ def main() -> None:
             ("  meanwhile: full garbage collections (gen 2), each a pause of the whole worker",
              histogram_mean_ms(after, before, "explorer_gc_pause_seconds", "{generation=2}")),
         ]
+    if baseline is not None:
+        ours, before = [r.total_ms for r in hits], [r.total_ms for r in baseline]
+        rows.append(("table hits: llm-x-sequence / llm",
+                     f"p50 {statistics.median(ours) / statistics.median(before):.2f}x, "
+                     f"p99 {percentile(ours, 0.99) / percentile(before, 0.99):.2f}x"))
     print_table(rows)
 
 

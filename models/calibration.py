@@ -73,3 +73,19 @@ def fit_temperature(observed: Sequence[Observed], iterations: int = 60) -> Calib
     transitions = sum(n for obs in observed for c, n in obs.next_counts.items() if c in obs.log_probs and n > 0)
     return Calibration(temperature, mean_log_loss(observed, temperature), mean_log_loss(observed, 1.0),
                        transitions, len(observed))
+
+
+def softmax(log_probs: Mapping[str, float], temperature: float = 1.0) -> dict[str, float]:
+    """The distribution ``p(c) ∝ exp(log_probs[c] / temperature)``; an infinite temperature gives the uniform one."""
+    if not temperature > 0:
+        raise ValueError(f"a temperature must be positive, got {temperature}")
+    top = max(log_probs.values())
+    return normalised({c: math.exp((v - top) / temperature) for c, v in log_probs.items()})
+
+
+def normalised(weights: Mapping[str, float]) -> dict[str, float]:
+    total = math.fsum(weights.values())
+    if not total > 0:
+        raise ValueError("a distribution needs a positive total weight")
+    return {c: w / total for c, w in weights.items()}
+

@@ -110,18 +110,39 @@ def greedy_by_pieces(names: Sequence[str], index: PieceIndex, first_logits: np.n
     return live[0], evaluated
 
 
-def path_log_probs(trie: TokenTrie, edge: dict[int, float], end: dict[int, float]) -> np.ndarray:
+def path_log_probs(trie: TokenTrie, edge: dict[int, float], end: dict[int, float], prefix: bool = False
+                   ) -> np.ndarray:
     """Each candidate's total log-probability, end of answer included: log p(t1 | prompt) + sum log p(ti | prompt,
     t<i) + log p(end | prompt, name). `edge[id(node)]` is the log-probability of the node's token given its
-    ancestors, `end[id(node)]` that of ending the answer after it."""
+    ancestors, `end[id(node)]` that of ending the answer after it.
+
+    `prefix`: only up to the token that tells the candidate apart from every other one, its distinguishing prefix
+    (and the end of the answer where the name ends before that, i.e. it is a prefix of another name). The rest of
+    the name is taken as certain -- a model that has learned the names completes a name it has started -- so only
+    the trie nodes two or more candidates share need logits (`shared_nodes`)."""
     scores = np.empty(len(trie.sequences), dtype=np.float64)
     for index, tokens in enumerate(trie.sequences):
         node, total = trie.root, 0.0
         for token in tokens:
             node = node.children[token]
             total += edge[id(node)]
-        scores[index] = total + end[id(node)]
+            if prefix and len(node.candidates) == 1:
+                break
+        else:
+            total += end[id(node)]
+        scores[index] = total
     return scores
+
+
+def prefix_log_probs(trie: TokenTrie, edge: dict[int, float], end: dict[int, float]) -> np.ndarray:
+    """`path_log_probs` over each candidate's distinguishing prefix."""
+    return path_log_probs(trie, edge, end, prefix=True)
+
+
+def shared_nodes(trie: TokenTrie) -> list[TrieNode]:
+    """The nodes (parents before children, root excluded) below which two or more candidates lie: the only ones
+    whose logits `prefix_log_probs` reads."""
+    return [node for node in trie.nodes() if len(node.candidates) >= 2]
 
 
 def log_normalizers(logits: np.ndarray) -> np.ndarray:

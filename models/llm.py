@@ -21,6 +21,9 @@ the trending clusters). Decoding, always deterministic (greedy or argmax, no sam
   sequence sharing the prompt's KV cells and its trie prefixes; the argmax wins (ties: the first in cluster order).
   A different criterion, so it often disagrees with greedy (12/30 agreement in the bench), and it evaluates every
   candidate token (~250 for 38 candidates), so it is ~5x slower than ``gbnf``.
+* ``prefix`` -- the same over each name's distinguishing prefix (the tokens up to where no other candidate shares
+  them; the rest of the name taken as certain): only the ~37 trie nodes two or more candidates share are evaluated,
+  ~1.5x a ``trie`` answer. Its log-probabilities are what a scored pair-table row holds (`candidate_log_probs`).
 
 KV-cache reuse is the same for all three: the system prompt is evaluated once at load, the trending segment only
 when it changes, the request's head (the older cluster's line) only when the older cluster changes, the rest of the
@@ -52,6 +55,8 @@ from models.constrained import (
     greedy_by_pieces,
     log_normalizers,
     path_log_probs,
+    prefix_log_probs,
+    shared_nodes,
 )
 from models.identity import ModelIdentity, identify
 from models.llama_context import LlamaContext, Primed, SequencesContext
@@ -69,7 +74,7 @@ __all__ = ["BASE_PREFIX", "DEFAULT_METHOD", "METHODS", "Knowledge", "ModelNotFou
            "build_prompt", "model_version"]
 
 log = logging.getLogger(__name__)
-METHODS = ("gbnf", "trie", "score")
+METHODS = ("gbnf", "trie", "score", "prefix")
 DEFAULT_METHOD = "trie"
 SEED = 1234
 N_CTX = 1024
@@ -121,7 +126,7 @@ class NovelClusterPredictor:
 
         route_llama_output()
         _check_method(method)
-        from models.finetune.registry import current_model_path
+        from models.finetune.registry import calibrated_temperature, current_model_path
 
         path = model_path or current_model_path(settings)  # the released fine-tuned model, else the base
         if not Path(path).is_file():
@@ -140,6 +145,9 @@ class NovelClusterPredictor:
             # the gates' and the evaluation's own measurements, which load candidates and the base on purpose
             log.warning("LLM: serving the BASE model %s (%s), not a fine-tune: no fine-tuned model has been "
                         "released (`explorer finetune`, `explorer llm list`)", self._model_version, path)
+        # What "llm-x-sequence" divides this model's log-probabilities by (models/recommend.py): set, else fitted at
+        # its release, else 1 (an uncalibrated model: the base, or any GGUF of EXPLORER_MODEL_PATH)
+        self.temperature = settings.llm_temperature or calibrated_temperature(settings, Path(path)) or 1.0
         self._lock = threading.Lock()
         self._llm = Llama(model_path=self.model_path, n_ctx=n_ctx, n_batch=512, n_threads=self.n_threads,
                           n_threads_batch=self.n_threads, seed=SEED, verbose=False)
@@ -179,8 +187,8 @@ class NovelClusterPredictor:
         segments = prompt_segments(history, knowledge, self.clusters)
         with self._lock:
             started = time.perf_counter()
-            if method == "score":
-                chosen, prompt_s, decoded = self._by_scoring(segments, candidates)
+            if method in ("score", "prefix"):
+                chosen, prompt_s, decoded = self._by_scoring(segments, candidates, exact=method == "score")
             else:
                 prompt_s = self._evaluate_prompt(self._primed, segments)
                 decode = self._by_trie if method == "trie" else self._by_grammar
@@ -188,14 +196,20 @@ class NovelClusterPredictor:
             return Prediction(cluster_id=chosen, method=method, elapsed_s=time.perf_counter() - started,
                               prompt_s=prompt_s, decoded_tokens=decoded)
 
-    def candidate_log_probs(self, history: tuple[str, str], knowledge: Knowledge | None) -> dict[str, float]:
-        """The model's whole answer distribution in one pass off the prompt's KV state: every novel cluster's total
-        log-probability (its name's tokens and the end token, as ``score`` computes it), in cluster order. Softmax
-        over the values gives the model's distribution over the valid answers (a ranking, hit@k, log-loss, and a
-        product of experts with the retrieved counts)."""
+    def candidate_log_probs(self, history: tuple[str, str], knowledge: Knowledge | None, exact: bool = False
+                            ) -> dict[str, float]:
+        """The model's whole answer distribution in one pass off the prompt's KV state, every novel cluster's
+        log-probability in cluster order. Softmax over the values gives the model's distribution over the valid
+        answers (a ranking, hit@k, log-loss, a product of experts; what the served pair table keeps).
+
+        ``exact`` -- the name's every token and the end token, as ``score`` computes it (~250 tokens evaluated
+        after the prompt for 38 candidates). By default only the name's distinguishing prefix counts (the rest is
+        taken as certain, models/constrained.prefix_log_probs): only the ~37 trie nodes two or more candidates
+        share are evaluated, so a distribution costs ~1.5x a trie answer instead of ~4.3x (bench.llm_decoding)."""
         candidates = self._candidates(history)
         with self._lock:
-            scores, _, _ = self._candidate_scores(prompt_segments(history, knowledge, self.clusters), candidates)
+            scores, _, _ = self._candidate_scores(prompt_segments(history, knowledge, self.clusters), candidates,
+                                                  exact=exact)
         return {cid: float(score) for cid, score in zip(candidates, scores, strict=True)}
 
     def prompt_tokens(self, history: tuple[str, str], knowledge: Knowledge | None) -> list[int]:
@@ -274,13 +288,14 @@ class NovelClusterPredictor:
         return candidates[index], evaluated
 
     # ------------------------------------------------------------------ (c) candidate scoring
-    def _by_scoring(self, segments: PromptSegments, candidates: list[str]) -> tuple[str, float, int]:
-        scores, prompt_s, decoded = self._candidate_scores(segments, candidates)
+    def _by_scoring(self, segments: PromptSegments, candidates: list[str], exact: bool) -> tuple[str, float, int]:
+        scores, prompt_s, decoded = self._candidate_scores(segments, candidates, exact=exact)
         return candidates[int(np.argmax(scores))], prompt_s, decoded
 
-    def _candidate_scores(self, segments: PromptSegments, candidates: list[str]) -> tuple[np.ndarray, float, int]:
+    def _candidate_scores(self, segments: PromptSegments, candidates: list[str], exact: bool
+                          ) -> tuple[np.ndarray, float, int]:
         trie = TokenTrie([self._name_tokens[c] for c in candidates])
-        nodes = trie.nodes()
+        nodes = trie.nodes() if exact else shared_nodes(trie)
         scorer = self._scoring_context(len(candidates))
         prompt_s = self._evaluate_prompt(scorer, segments)
         context: SequencesContext = scorer.context  # type: ignore[assignment]
@@ -292,7 +307,7 @@ class NovelClusterPredictor:
             normalizers = log_normalizers(logits)
             for row, node in enumerate(chunk):
                 _take_steps(node, logits[row], float(normalizers[row]), self._end_tokens, edge, end)
-        return path_log_probs(trie, edge, end), prompt_s, len(nodes)
+        return (path_log_probs if exact else prefix_log_probs)(trie, edge, end), prompt_s, len(nodes)
 
     def _scoring_context(self, n_candidates: int) -> Primed:
         import llama_cpp

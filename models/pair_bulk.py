@@ -69,11 +69,12 @@ def default_processes(threads: int) -> int:
 def build(predictor: NovelClusterPredictor | None, store: KnowledgeStore, table: PairTable, clusters: ClusterSet,
           pairs: Sequence[Pair] | None = None, on_progress: Callable[[int], None] | None = None, *,
           processes: int = 1, settings: Settings | None = None, model_path: str | None = None,
-          threads: int = 1) -> BulkReport:
+          threads: int = 1, scored: bool = False) -> BulkReport:
     """Infer and store `pairs` (default: every ordered pair of distinct clusters) against the current knowledge.
 
     With `processes` 1 the given `predictor` does the work in this process; with more, each process loads
-    `model_path` (with `settings`, `threads` llama.cpp threads each) and `predictor` may be None."""
+    `model_path` (with `settings`, `threads` llama.cpp threads each) and `predictor` may be None. `scored`: rows
+    keep the model's whole distribution (models/pair_table.infer; ``Settings.scored_pairs``)."""
     store.refresh()
     knowledge = store.all_top_next(n=MAX_TOP_NEXT + 2)  # +2: the pair's own clusters may be among them
     trending = [cid for cid, _, _ in store.trending(n=MAX_TRENDING)]
@@ -94,12 +95,12 @@ def build(predictor: NovelClusterPredictor | None, store: KnowledgeStore, table:
         if predictor is None:
             raise ValueError("a single-process build needs a predictor")
         for chunk in chunks:
-            store_chunk(_infer_chunk_with(predictor, chunk, trending, version))
+            store_chunk(_infer_chunk_with(predictor, chunk, trending, version, scored))
     else:
         if settings is None or model_path is None:
             raise ValueError("a multi-process build needs the settings and the model path")
         _build_in_processes(chunks, trending, version, store_chunk, processes, settings, clusters, model_path,
-                            threads)
+                            threads, scored)
     table.compact()
     return BulkReport(pairs=len(todo), with_knowledge=sum(1 for p in todo if p in knowledge),
                       seconds=time.perf_counter() - started, mean_inference_ms=inference_ms / max(1, len(todo)),
@@ -108,7 +109,7 @@ def build(predictor: NovelClusterPredictor | None, store: KnowledgeStore, table:
 
 def _build_in_processes(chunks: list[list[tuple[Pair, TopNext]]], trending: list[str], version: str,
                         store_chunk: Callable[[list[PairPrediction]], None], processes: int, settings: Settings,
-                        clusters: ClusterSet, model_path: str, threads: int) -> None:
+                        clusters: ClusterSet, model_path: str, threads: int, scored: bool) -> None:
     # spawn, not fork: the parent may hold LanceDB/Arrow threads, which a forked child would inherit half-alive
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_start_worker,
@@ -118,7 +119,7 @@ def _build_in_processes(chunks: list[list[tuple[Pair, TopNext]]], trending: list
         try:
             # at most two chunks in flight per process: the order (busiest first) holds, and Ctrl-C stops soon
             for chunk in queue:
-                pending.add(pool.submit(_infer_chunk, chunk, trending, version))
+                pending.add(pool.submit(_infer_chunk, chunk, trending, version, scored))
                 if len(pending) >= 2 * processes:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -143,12 +144,13 @@ def _start_worker(settings: Settings, clusters: ClusterSet, model_path: str, thr
     _WORKER = NovelClusterPredictor(settings, clusters, model_path=model_path, n_threads=threads)
 
 
-def _infer_chunk(chunk: list[tuple[Pair, TopNext]], trending: list[str], version: str) -> list[PairPrediction]:
+def _infer_chunk(chunk: list[tuple[Pair, TopNext]], trending: list[str], version: str, scored: bool
+                 ) -> list[PairPrediction]:
     if _WORKER is None:
         raise RuntimeError("the bulk worker process has no model loaded")
-    return _infer_chunk_with(_WORKER, chunk, trending, version)
+    return _infer_chunk_with(_WORKER, chunk, trending, version, scored)
 
 
 def _infer_chunk_with(predictor: NovelClusterPredictor, chunk: list[tuple[Pair, TopNext]], trending: list[str],
-                      version: str) -> list[PairPrediction]:
-    return [infer(predictor, pair, top_next, trending, version) for pair, top_next in chunk]
+                      version: str, scored: bool) -> list[PairPrediction]:
+    return [infer(predictor, pair, top_next, trending, version, scored=scored) for pair, top_next in chunk]

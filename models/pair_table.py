@@ -7,7 +7,13 @@ they were inferred from, one per ``(clusters_version, model_version, c1, c2)``, 
 * ``fingerprint`` -- the pair's top next cluster ids (the retrieved knowledge that shapes the prompt). When the
   streaming knowledge changes a pair's fingerprint, only that pair is re-inferred (agents/pair_refresh.py);
   counts alone moving does not trigger a re-inference (the same clusters, in the same order, are retrieved);
-* ``knowledge_version`` -- the knowledge store's table versions at inference time, for audit.
+* ``knowledge_version`` -- the knowledge store's table versions at inference time, for audit;
+* ``scores`` -- the model's log-probability of every valid novel cluster (candidate scoring off the prompt's KV
+  state, models/llm.candidate_log_probs), when the deployment chooses the novel cluster with the sequence model
+  (``Settings.novel_choice`` "llm-x-sequence": the request multiplies the row's calibrated distribution by the
+  user's sequence-model mass per cluster, models/recommend.py); empty for a row of plain constrained decoding;
+  ``temperature`` -- that model's calibration, fixed at its release, which the request divides the scores by.
+  Tables written before these columns existed get them on open (null: no scores, T = 1).
 
 Rows of an older model version keep serving a pair until the new version has answered it (a model hot swap
 re-infers the table in the background). ``model_version`` is the model's identity label (models/identity.py:
@@ -45,6 +51,7 @@ PAIRS_SCHEMA = pa.schema([
     ("clusters_version", pa.string()), ("model_version", pa.string()), ("c1", pa.string()), ("c2", pa.string()),
     ("novel", pa.string()), ("fingerprint", pa.string()), ("knowledge_version", pa.string()),
     ("top_next", pa.string()), ("inference_ms", pa.float64()), ("updated_at", pa.float64()),
+    ("scores", pa.string()), ("temperature", pa.float64()),
 ])
 
 Pair = tuple[str, str]
@@ -61,6 +68,8 @@ class PairPrediction:
     top_next: tuple[tuple[str, int], ...] = ()
     inference_ms: float = 0.0
     updated_at: float = 0.0
+    scores: tuple[tuple[str, float], ...] = ()  # (cluster id, log p) of every candidate; () when not scored
+    temperature: float = 1.0  # the calibration of the model that scored the row (models/calibration.py)
 
     @property
     def pair(self) -> Pair:
@@ -85,13 +94,26 @@ def pair_owner(pair: Pair, partitions: int) -> int:
 
 
 def infer(predictor: NovelClusterPredictor, pair: Pair, top_next: Sequence[tuple[str, int]], trending: Sequence[str],
-          knowledge_version: str, clock: Callable[[], float] = time.time) -> PairPrediction:
-    """One pair's answer from the LLM with this retrieved knowledge (the same prompt a request-time miss uses)."""
+          knowledge_version: str, clock: Callable[[], float] = time.time, scored: bool = False) -> PairPrediction:
+    """One pair's answer from the LLM with this retrieved knowledge (the same prompt a request-time miss uses).
+
+    `scored`: the row keeps the model's whole distribution (candidate scoring, its argmax the row's `novel`)
+    instead of one constrained answer; what ``novel_choice`` "llm-x-sequence" serves from."""
     shown = [(c3, n) for c3, n in top_next if c3 not in pair][:MAX_TOP_NEXT]
-    prediction = predictor.predict(pair, Knowledge(top_next=shown, trending=list(trending)[:MAX_TRENDING]))
-    return PairPrediction(c1=pair[0], c2=pair[1], novel=prediction.cluster_id, model_version=predictor.model_version,
+    knowledge = Knowledge(top_next=shown, trending=list(trending)[:MAX_TRENDING])
+    scores: tuple[tuple[str, float], ...] = ()
+    started = time.perf_counter()
+    if scored:
+        log_probs = predictor.candidate_log_probs(pair, knowledge)
+        scores = tuple(log_probs.items())
+        novel = max(log_probs, key=log_probs.__getitem__)  # ties: the first in cluster order
+    else:
+        novel = predictor.predict(pair, knowledge).cluster_id
+    return PairPrediction(c1=pair[0], c2=pair[1], novel=novel, model_version=predictor.model_version,
                           knowledge_version=knowledge_version, fingerprint=fingerprint(shown, pair),
-                          top_next=tuple(shown), inference_ms=prediction.elapsed_s * 1000, updated_at=clock())
+                          top_next=tuple(shown), inference_ms=(time.perf_counter() - started) * 1000,
+                          updated_at=clock(), scores=scores,
+                          temperature=float(getattr(predictor, "temperature", 1.0)))
 
 
 class PairTable:
@@ -104,7 +126,7 @@ class PairTable:
         self.deployment = deployment
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=refresh_s),
                                    storage_options=storage_options)
-        self._table = self._db.create_table(deployment_table(deployment, PAIRS), schema=PAIRS_SCHEMA, exist_ok=True)
+        self._table = _open_or_create(self._db, deployment_table(deployment, PAIRS))
         self._writes = 0
 
     @classmethod
@@ -154,7 +176,21 @@ class PairTable:
                 "c1": prediction.c1, "c2": prediction.c2, "novel": prediction.novel,
                 "fingerprint": "|".join(prediction.fingerprint), "knowledge_version": prediction.knowledge_version,
                 "top_next": orjson.dumps(prediction.top_next).decode(), "inference_ms": prediction.inference_ms,
-                "updated_at": prediction.updated_at}
+                "updated_at": prediction.updated_at,
+                "scores": orjson.dumps(prediction.scores).decode() if prediction.scores else None,
+                "temperature": prediction.temperature}
+
+
+def _open_or_create(db: Any, name: str) -> Any:
+    """The table, with any column of PAIRS_SCHEMA that a table written by an older release lacks added (null)."""
+    try:
+        table = db.open_table(name)
+    except ValueError:  # LanceDB's "Table ... was not found"; exist_ok: another writer may create it meanwhile
+        return db.create_table(name, schema=PAIRS_SCHEMA, exist_ok=True)
+    missing = [f for f in PAIRS_SCHEMA if f.name not in table.schema.names]
+    if missing:
+        table.add_columns(missing)
+    return table
 
 
 def _prediction(row: Mapping[str, Any]) -> PairPrediction:
@@ -162,4 +198,6 @@ def _prediction(row: Mapping[str, Any]) -> PairPrediction:
                           knowledge_version=row["knowledge_version"],
                           fingerprint=tuple(c for c in row["fingerprint"].split("|") if c),
                           top_next=tuple((c, int(n)) for c, n in orjson.loads(row["top_next"])),
-                          inference_ms=row["inference_ms"], updated_at=row["updated_at"])
+                          inference_ms=row["inference_ms"], updated_at=row["updated_at"],
+                          scores=tuple((c, float(v)) for c, v in orjson.loads(row["scores"])) if row.get("scores")
+                          else (), temperature=row.get("temperature") or 1.0)

@@ -7,6 +7,13 @@ Where the novel cluster comes from, in order (the response's ``source``):
 3. ``fallback`` -- when the LLM fails or times out, the top retrieved next cluster for the pair; when the pair has
    no retrieved knowledge, the most trending cluster; last, the largest cluster (always outside the history).
 
+With ``novel_choice`` "llm-x-sequence" (the default) a table or LLM row holds the model's distribution over the
+novel clusters, and the request's answer is the argmax of ``softmax(log p / T) x p_sequence`` -- the row's
+calibrated distribution times the sequence model's probability that this user's next item lies in each cluster
+(`ClusterMass`; one SASRec forward pass, which then also ranks the chosen cluster's items): the evaluation's
+hybrid-seq (models/evaluation/strategies.py), served. A row without scores, or no sequence model, gives the row's
+own answer.
+
 Cold users (fewer than two distinct clusters: a new user, or one whose positive engagements all fell in one
 cluster) have no pair to look up: they get ``fallback`` with their history excluded — the most trending cluster
 they have not had, else the largest one. Their items still come from the sequence model (restricted to the
@@ -17,8 +24,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from models.calibration import softmax
 from models.clusters import ClusterSet
 from streams.records import NovelCluster, Recommendation, RecommendationRequest, ScoredItem
 
@@ -54,6 +64,68 @@ def grounded_items(sequence: SequenceRecommender | None, members: Sequence[str],
         return [ScoredItem(item, 0.0) for item in members if item not in had][:k]
     ranked = sequence.recommend(recent_items, k=k, allowed_items=members, exclude=had)
     return [ScoredItem(item, round(score, 6)) for item, score in ranked]
+
+
+class ClusterMass:
+    """The sequence model's probability that a user's next item lies in each of some clusters, off one score row
+    (`SequenceRecommender.score_batch`): softmax over every item the user has not had, summed per cluster,
+    renormalised over the clusters asked for. The item -> cluster map is built once per (model, cluster set)."""
+
+    def __init__(self, sequence: SequenceRecommender, clusters: ClusterSet) -> None:
+        self.index = sequence.index
+        self.ids = list(clusters.clusters)
+        self.position = {cid: i for i, cid in enumerate(self.ids)}
+        self.owner = np.full(len(sequence.item_ids) + 1, -1)  # item index -> its cluster's position (-1: none)
+        for item, cid in clusters.item_to_cluster.items():
+            if item in self.index and cid in self.position:
+                self.owner[self.index[item]] = self.position[cid]
+
+    def per_cluster(self, row: Any, recent_items: Sequence[str], candidates: Sequence[str]
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(each candidate's probability, each candidate's best unseen item score), or None when no candidate has
+        an unseen scored item."""
+        scores = np.array(row, dtype=np.float64)
+        scores[0] = -np.inf  # padding
+        scores[[self.index[i] for i in recent_items if i in self.index]] = -np.inf
+        wanted = [self.position[c] for c in candidates]
+        keep = np.isin(self.owner, wanted) & np.isfinite(scores)
+        if not keep.any():
+            return None
+        weights = np.exp(scores[keep] - scores[keep].max())  # softmax numerators; the normaliser cancels below
+        mass = np.bincount(self.owner[keep], weights=weights, minlength=len(self.ids))[wanted]
+        best = np.full(len(self.ids), -np.inf)
+        np.maximum.at(best, self.owner[keep], scores[keep])
+        return mass / mass.sum(), best[wanted]
+
+
+def times_sequence_mass(distribution: Mapping[str, float], mass: Mapping[str, float] | None) -> dict[str, float]:
+    """``distribution x mass`` renormalised (the product of the two experts); `distribution` itself when there is
+    no mass or the product vanishes."""
+    if mass is None:
+        return dict(distribution)
+    joint = {c: p * mass.get(c, 0.0) for c, p in distribution.items()}
+    total = sum(joint.values())
+    if not total > 0:
+        return dict(distribution)
+    return {c: v / total for c, v in joint.items()}
+
+
+def llm_times_sequence(sequence: SequenceRecommender, mass: ClusterMass, scores: Sequence[tuple[str, float]],
+                       temperature: float, members: Mapping[str, Sequence[str]], recent_items: Sequence[str],
+                       k: int) -> tuple[str, list[ScoredItem]]:
+    """The novel cluster of a scored row for this user, and its grounded items, off one sequence-model pass: the
+    argmax of the row's calibrated distribution times the user's sequence mass per cluster (ties: the row's order,
+    i.e. cluster order). Without the user's mass in any candidate, the row's own argmax."""
+    row = sequence.score_batch([recent_items])[0]
+    candidates = [c for c, _ in scores]
+    found = mass.per_cluster(row, recent_items, candidates)
+    per_cluster = dict(zip(candidates, found[0].tolist(), strict=True)) if found is not None else None
+    joint = times_sequence_mass(softmax(dict(scores), temperature), per_cluster)
+    order = {c: i for i, c in enumerate(candidates)}
+    novel = min(joint, key=lambda c: (-joint[c], order[c]))
+    had = set(recent_items)
+    ranked = sequence.top_k(row, k, allowed_items=members.get(novel, []), exclude=had)
+    return novel, [ScoredItem(item, round(score, 6)) for item, score in ranked]
 
 
 def recommendation(request: RecommendationRequest, history: Sequence[str], cluster_id: str, clusters: ClusterSet,

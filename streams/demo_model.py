@@ -55,7 +55,8 @@ def format_gates(report: dict[str, Any]) -> str:
 
     return (f"held-out served hit rate {num('served_hit_rate')} vs serving model {num('serving_served_hit_rate')} "
             f"(count argmax {num('count_argmax_hit_rate')}, {report.get('held_out_pairs', '?')} pairs), exact match "
-            f"{num('exact_match')}, llama.cpp vs PyTorch {num('export_agreement')}")
+            f"{num('exact_match')}, llama.cpp vs PyTorch {num('export_agreement')}"
+            + (f", temperature {report['temperature']:.2f}" if report.get("temperature") else ""))
 
 
 def ensure_released_model(settings: Settings, cycle: Cycle | None = None, progress: Any | None = None,

@@ -40,7 +40,7 @@ from models.evaluation.baselines import (
 from models.evaluation.drift import drift
 from models.evaluation.finetuning import BudgetedFineTuner, FineTuned, unavailable_reason
 from models.evaluation.grounding import SequenceScores
-from models.evaluation.inference import InferenceCache, InferenceEngine
+from models.evaluation.inference import SERVED_SCORES, InferenceCache, InferenceEngine
 from models.evaluation.interface import InferenceRequest, Inferred, PointState, Snapshot, Strategy
 from models.evaluation.protocol import Case, Horizon, Timeline, all_cases, busiest_pairs, is_hit, is_hit_at, \
     is_item_hit, make_timeline
@@ -461,7 +461,7 @@ def _calibrate(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states
         return {"skipped": f"uncalibrated (T = 1): {reason}"}
     cut = split_day - config.early_gap_days  # the early model's training data ends here (_fine_tunes)
     held_out = curate(replayed.counts[0], clusters, cut, settings).held_out
-    requests = [InferenceRequest.of("scores", early, version_of(early), h.history, h.knowledge) for h in held_out]
+    requests = [InferenceRequest.of(SERVED_SCORES, early, version_of(early), h.history, h.knowledge) for h in held_out]
     engine.count(requests)
     inferred = engine.run(requests)
     observed = [Observed(inferred[r].result["scores"], h.next_counts) for r, h in zip(requests, held_out, strict=True)]

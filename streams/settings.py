@@ -155,6 +155,14 @@ class Settings(BaseSettings):
     # answered without the LLM (pair table or fallback), so the backlog drains instead of growing until expiry.
     llm_max_queue_wait_s: float = Field(30.0, gt=0)
     llm_threads: int = Field(1, ge=1)  # llama.cpp threads; more only helps on an otherwise idle machine
+    # How a pair-table row becomes the served novel cluster (models/recommend.py): "llm-x-sequence" -- the row holds
+    # the LLM's distribution over the novel clusters (candidate scoring), and each request multiplies its calibrated
+    # form by the user's sequence-model mass per cluster (the evaluation's hybrid-seq, README "Update strategies");
+    # "llm" -- the row's one constrained answer, as served before (cheaper rows: ~0.7x the inference per pair).
+    novel_choice: Literal["llm-x-sequence", "llm"] = "llm-x-sequence"
+    # The temperature the LLM's log-probabilities are divided by under "llm-x-sequence"; default: the one fitted
+    # when the model was released (its gates' held-out pairs, models/finetune/cycle.py), 1 for an uncalibrated model.
+    llm_temperature: float | None = Field(None, gt=0)
     # The worker's LLM thread runs this much nicer than the rest (Linux thread niceness, 0: off): inference (the
     # background pair refresh above all) then takes only the CPU that ingestion, the knowledge sync and table-hit
     # answers leave, instead of a core of their two (bench.freshness, bench.recommend_latency).
@@ -292,6 +300,11 @@ class Settings(BaseSettings):
 
     def resolved_lancedb_uri(self) -> str:
         return self.lancedb_uri or str(self.resolved_data_dir() / "lancedb")
+
+    @property
+    def scored_pairs(self) -> bool:
+        """Whether pair-table rows hold the LLM's whole distribution (``novel_choice`` "llm-x-sequence")."""
+        return self.novel_choice == "llm-x-sequence"
 
     def resolved_model_path(self) -> str:
         if self.model_path:

@@ -209,11 +209,11 @@ def times_sequence(distribution: Mapping[str, float], scores: SequenceScores, ca
     """`distribution` multiplied by the sequence model's next-item mass per cluster for this case and renormalised,
     ranked with ties in `tie_order`. Where the sequence model has no unseen item in any candidate, `distribution`
     alone."""
+    from models.recommend import times_sequence_mass
+
     _, sequence_p = scores.clusters_for(case, list(distribution))
-    joint = {c: p * sequence_p.get(c, 0.0) for c, p in distribution.items()}
+    joint = times_sequence_mass(distribution, sequence_p)
     total = sum(joint.values())
-    if not total > 0:
-        joint, total = dict(distribution), sum(distribution.values())
     order = {c: i for i, c in enumerate(tie_order)}
     ranking = sorted(joint, key=lambda c: (-joint[c], order.get(c, len(order)), c))
     return Answer.ranked(ranking, {c: v / total for c, v in joint.items()})

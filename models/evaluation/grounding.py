@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 
 from models.clusters import ClusterSet
 from models.evaluation.protocol import Case
@@ -17,17 +16,12 @@ class SequenceScores:
     """SASRec scores after each case's recent items, computed once per case."""
 
     def __init__(self, sequence: Any, clusters: ClusterSet, k: int) -> None:
-        from models.recommend import members_by_cluster
+        from models.recommend import ClusterMass, members_by_cluster
 
         self.sequence, self.clusters, self.k = sequence, clusters, k
         self.members = members_by_cluster(clusters)
         self._scores: dict[tuple[Any, ...], Any] = {}
-        self._ids = list(clusters.clusters)
-        position = {cid: i for i, cid in enumerate(self._ids)}
-        self._owner = np.full(len(sequence.item_ids) + 1, -1)  # item index -> its cluster's position (-1: none)
-        for item, cid in clusters.item_to_cluster.items():
-            if item in sequence.index and cid in position:
-                self._owner[sequence.index[item]] = position[cid]
+        self._mass = ClusterMass(sequence, clusters)  # what serving multiplies by (models/recommend.py)
 
     def prepare(self, cases: Sequence[Case]) -> None:
         todo = [c for c in cases if c.key not in self._scores]
@@ -57,18 +51,9 @@ class SequenceScores:
         """(the candidate clusters ordered by their best unseen item's score, the model's probability that the next
         item is in each candidate -- softmax over every unseen item, mass summed per cluster, renormalised over
         the candidates). Candidates without an unseen scored item come last in the given order, with zero mass."""
-        scores = self.row(case).double().numpy().copy()
-        scores[0] = -np.inf  # padding
-        had = [self.sequence.index[i] for i in case.recent_items if i in self.sequence.index]
-        scores[had] = -np.inf
-        wanted = [self._ids.index(c) for c in candidates]
-        keep = np.isin(self._owner, wanted) & np.isfinite(scores)
-        if not keep.any():
+        found = self._mass.per_cluster(self.row(case).double().numpy(), case.recent_items, candidates)
+        if found is None:
             return list(candidates), {c: 1 / len(candidates) for c in candidates}
-        weights = np.exp(scores[keep] - scores[keep].max())  # softmax numerators; the normaliser cancels below
-        mass = np.bincount(self._owner[keep], weights=weights, minlength=len(self._ids))[wanted]
-        best = np.full(len(self._ids), -np.inf)
-        np.maximum.at(best, self._owner[keep], scores[keep])
-        order = sorted(range(len(candidates)), key=lambda i: (-best[wanted[i]], i))
-        total = float(mass.sum())
-        return [candidates[i] for i in order], {c: float(mass[i]) / total for i, c in enumerate(candidates)}
+        mass, best = found
+        order = sorted(range(len(candidates)), key=lambda i: (-best[i], i))
+        return [candidates[i] for i in order], {c: float(mass[i]) for i, c in enumerate(candidates)}

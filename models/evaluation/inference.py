@@ -13,8 +13,10 @@ over processes.
   the request head's KV checkpoint is reused inside a chunk (models/llm.py); results do not depend on the chunking.
 
 Kinds: ``novel`` -- the constrained novel-cluster answer (`NovelClusterPredictor.predict`, result
-``{"cluster": id}``); ``scores`` -- every novel cluster's log-probability off one KV state
-(`NovelClusterPredictor.candidate_log_probs`, result ``{"scores": {id: log p}}``): the model's whole distribution.
+``{"cluster": id}``); ``scores`` -- every novel cluster's exact log-probability off one KV state
+(`NovelClusterPredictor.candidate_log_probs(exact=True)`, result ``{"scores": {id: log p}}``): the model's whole
+distribution; ``served-scores`` -- the same over each name's distinguishing prefix, as a scored pair-table row
+holds it (the default of `candidate_log_probs`, ~3x cheaper).
 """
 
 from __future__ import annotations
@@ -48,10 +50,16 @@ def _novel(predictor: Any, pair: Pair, knowledge: Knowledge | None) -> dict[str,
 
 
 def _scores(predictor: Any, pair: Pair, knowledge: Knowledge | None) -> dict[str, Any]:
+    return {"scores": predictor.candidate_log_probs(pair, knowledge, exact=True)}
+
+
+def _served_scores(predictor: Any, pair: Pair, knowledge: Knowledge | None) -> dict[str, Any]:
     return {"scores": predictor.candidate_log_probs(pair, knowledge)}
 
 
-KINDS: dict[str, Callable[[Any, Pair, Knowledge | None], dict[str, Any]]] = {"novel": _novel, "scores": _scores}
+SERVED_SCORES = "served-scores"  # what a scored pair-table row holds (models/pair_table.infer with scored=True)
+KINDS: dict[str, Callable[[Any, Pair, Knowledge | None], dict[str, Any]]] = {
+    "novel": _novel, "scores": _scores, SERVED_SCORES: _served_scores}
 
 
 class InferenceCache:

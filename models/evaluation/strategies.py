@@ -9,7 +9,7 @@ stale           base                         the knowledge at the split       ne
 rag             base                         the streaming knowledge          its fingerprint changed
 finetune        periodic fine-tune           none                             a new fine-tuned model is deployed
 hybrid          periodic fine-tune           the streaming knowledge          either
-hybrid-scores   the same, the model's whole distribution (candidate scoring, kind "scores") -- same refresh rule
+hybrid-scores   the same, the model's whole distribution (the served candidate scoring) -- same refresh rule
 hybrid-poe      hybrid-scores' distribution x the back-off counts (product of experts) -- same refresh rule
 hybrid-poe-seq  hybrid-poe x the sequence model's distribution for the user (per request) -- same refresh rule
 hybrid-seq      hybrid-scores' distribution x the sequence model's (per request), no counts -- same refresh rule
@@ -36,11 +36,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.calibration import normalised, softmax
 from models.clusters import ClusterSet
-import math
-
 from models.evaluation.baselines import CountBackoff, times_sequence
 from models.evaluation.grounding import SequenceScores
+from models.evaluation.inference import SERVED_SCORES
 from models.evaluation.interface import Answer, InferenceRequest, Inferred, PointState, Snapshot, Strategy
 from models.evaluation.protocol import Case
 from models.prompts import Knowledge
@@ -147,8 +147,9 @@ class LlmTableStrategy(Strategy):
 
 @dataclass(eq=False)
 class ScoredTableStrategy(LlmTableStrategy):
-    """A pair table whose rows hold the model's whole distribution over the novel clusters (kind ``scores``: every
-    candidate's log-probability off one KV state), refreshed by the same rules as the hybrid. ``combine``:
+    """A pair table whose rows hold the model's whole distribution over the novel clusters (kind ``served-scores``:
+    every candidate's log-probability off one KV state, as a scored pair-table row holds it), refreshed by the same
+    rules as the hybrid. ``combine``:
 
     * ``model`` -- the model's own distribution (softmax of the candidate log-probabilities): its argmax, ranking
       and log-loss;
@@ -187,21 +188,6 @@ class ScoredTableStrategy(LlmTableStrategy):
         return Answer.ranked(ranking, distribution)
 
 
-def softmax(log_probs: Mapping[str, float], temperature: float = 1.0) -> dict[str, float]:
-    """The distribution ``p(c) ∝ exp(log_probs[c] / temperature)``; an infinite temperature gives the uniform one."""
-    if not temperature > 0:
-        raise ValueError(f"a temperature must be positive, got {temperature}")
-    top = max(log_probs.values())
-    return normalised({c: math.exp((v - top) / temperature) for c, v in log_probs.items()})
-
-
-def normalised(weights: Mapping[str, float]) -> dict[str, float]:
-    total = math.fsum(weights.values())
-    if not total > 0:
-        raise ValueError("a distribution needs a positive total weight")
-    return {c: w / total for c, w in weights.items()}
-
-
 def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_every: int, early_gap_days: int,
                    backoff: CountBackoff | None = None, sequence: SequenceScores | None = None
                    ) -> list[LlmTableStrategy]:
@@ -220,16 +206,16 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
              f"{ft_cadence} + every knowledge sync"),
         ScoredTableStrategy("hybrid-scores", "hybrid, the model's whole distribution (candidate scoring)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind="scores", combine="model"),
+                            kind=SERVED_SCORES, combine="model"),
         ScoredTableStrategy("hybrid-poe", "hybrid x retrieved counts (product of experts with back-off)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind="scores", combine="poe", backoff=backoff),
+                            kind=SERVED_SCORES, combine="poe", backoff=backoff),
         ScoredTableStrategy("hybrid-poe-seq", "hybrid-poe x the sequence model's distribution (per request)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind="scores", combine="poe-sequence", backoff=backoff, sequence=sequence),
+                            kind=SERVED_SCORES, combine="poe-sequence", backoff=backoff, sequence=sequence),
         ScoredTableStrategy("hybrid-seq", "hybrid's distribution x the sequence model's (per request, no counts)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind="scores", combine="sequence", sequence=sequence),
+                            kind=SERVED_SCORES, combine="sequence", sequence=sequence),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

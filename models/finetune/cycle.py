@@ -49,6 +49,7 @@ class CycleResult:
     model_path: str | None = None
     model_version: str | None = None  # the released/registered model's identity label (models/identity.py)
     gate_report: dict[str, Any] = field(default_factory=dict)  # gates.gate_report: what the release rests on
+    calibration: dict[str, Any] = field(default_factory=dict)  # the fitted temperature (models/calibration.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -138,7 +139,9 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         sample, reference = _torch_answers(model, evaluation, clusters, tokenizer, step)
         agreement = gates.agreement(reference, [evaluation.tokens[i] for i in sample])
         step = stages.start("served hit rate, candidate", None)
-        candidate_served = gates.served_hit_rate(candidate, curated.held_out, clusters, settings, step)
+        answers = gates.served_answers(candidate, curated.held_out, clusters, settings, step)
+        candidate_served = answers.hit_rate
+        calibration = _calibrate(answers.observed)
         if base_served is not None and _same_file(serving, base):
             serving_served = base_served
         else:
@@ -153,6 +156,7 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
                                serving_model=serving_label, serving_served=serving_served,
                                count_argmax=held_out_baselines["knowledge_top1_hit_rate"],
                                metrics=evaluation.metrics, export_agreement=agreement)
+    report["temperature"] = calibration.get("temperature")  # what the release serves with, beside its gates
     base_identity = identify(settings, base)  # what the candidate was tuned from, by content, not by path
     model_bytes = candidate.stat().st_size
     metadata = {
@@ -167,6 +171,9 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         "baselines": held_out_baselines, "export_agreement": agreement,
         "served_hit_rate": candidate_served, "base_served_hit_rate": base_served, "gates": result.as_dict(),
         "gate_report": report,
+        # The temperature "llm-x-sequence" divides this model's log-probabilities by (models/recommend.py), fitted on
+        # the held-out pairs above: the period after its training data, never seen by it
+        "calibration": calibration,
         "settings": {k: v for k, v in settings.model_dump().items() if k.startswith("finetune_")},
         "timings": stages.timings,
     }
@@ -182,9 +189,21 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
                        agreement=agreement, train=trained.as_dict(), curation=curated.stats,
                        quant_type=settings.finetune_quant_type, model_bytes=model_bytes,
                        served_hit_rate=candidate_served, base_served_hit_rate=base_served, timings=stages.timings,
-                       gate_report=report,
+                       gate_report=report, calibration=calibration,
                        model_path=str(filed.model_path) if result.passed else None,
                        model_version=identify(settings, filed.model_path).label if result.passed else None)
+
+
+def _calibrate(observed: Sequence[Any]) -> dict[str, Any]:
+    """The model's fitted temperature on its held-out distributions (models/calibration.py), or why there is none."""
+    from models.calibration import fit_temperature
+
+    if not observed:
+        return {"skipped": "novel_choice is 'llm': rows hold one answer, no distribution to calibrate"}
+    try:
+        return {**fit_temperature(observed).as_dict(), "source": "gate held-out pairs"}
+    except ValueError as exc:  # no held-out transition among the candidates
+        return {"skipped": f"uncalibrated (T = 1): {exc}"}
 
 
 def _same_file(a: Path, b: Path) -> bool:

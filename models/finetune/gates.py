@@ -11,8 +11,10 @@ end-of-generation token). Metrics per prompt mode:
                    (c1, c2), over all test transitions of the evaluated pairs (an invalid answer is a miss);
 * pair_hit_rate -- share of pairs whose answer is among the pair's test-period next clusters.
 
-`served_hit_rate` measures the same recall with the server's constrained decoding (models/llm.py, "trie"), which
-always names a valid cluster, so it shows what serving gains whatever the free-generation exact match.
+`served_hit_rate` measures the same recall with the server's own answer (the argmax of the scored distribution a
+pair-table row holds under ``novel_choice`` "llm-x-sequence", else the constrained decoding, models/llm.py "trie"),
+which always names a valid cluster, so it shows what serving gains whatever the free-generation exact match.
+Scored, the same pass gives the distributions the model's temperature is fitted on at release (`served_answers`).
 
 Gates (settings): exact_match with knowledge >= finetune_gate_exact_match, hit_rate with knowledge >=
 finetune_gate_min_hit_rate -- both on the server's prompts: the server only ever asks with the knowledge it
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from models.calibration import Observed
 from models.clusters import ClusterSet
 from models.finetune.curation import HeldOutPair
 from models.finetune.training import PromptTokenizer
@@ -159,22 +162,43 @@ def baselines(held_out: Sequence[HeldOutPair], popular: Sequence[str]) -> dict[s
     return {"knowledge_top1_hit_rate": round(top / total, 4), "popular_hit_rate": round(pop / total, 4)}
 
 
-def served_hit_rate(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clusters: ClusterSet,
-                    settings: Settings, progress: Progress | None = None) -> float:
-    """Recall@1 with the server's own constrained decoding and knowledge (models/llm.py, default method)."""
+@dataclass(frozen=True)
+class ServedAnswers:
+    hit_rate: float  # held-out recall@1 of the served criterion
+    observed: list[Observed]  # each pair's candidate log-probabilities and next clusters (scored serving only)
+
+
+def served_answers(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clusters: ClusterSet,
+                   settings: Settings, progress: Progress | None = None) -> ServedAnswers:
+    """Recall@1 with the server's own answer and knowledge: with ``novel_choice`` "llm-x-sequence" the argmax of
+    the scored distribution a pair-table row holds (models/pair_table.infer; the per-user sequence factor needs a
+    user, which held-out pairs have not), else the constrained decoding (models/llm.py, default method). Scored,
+    each pair's distribution is kept too: the model's calibration is fitted on them (models/calibration.py)."""
     from models.llm import NovelClusterPredictor
 
     predictor = NovelClusterPredictor(settings, clusters, model_path=str(gguf_path),
                                       n_threads=settings.finetune_threads, announce_base=False)
-    hits = 0
+    hits, observed = 0, []
     try:
         for index, pair in enumerate(held_out):
-            hits += pair.next_counts.get(predictor.predict(pair.history, pair.knowledge).cluster_id, 0)
+            if settings.scored_pairs:
+                log_probs = predictor.candidate_log_probs(pair.history, pair.knowledge)
+                answer = max(log_probs, key=log_probs.__getitem__)
+                observed.append(Observed(log_probs, dict(pair.next_counts)))
+            else:
+                answer = predictor.predict(pair.history, pair.knowledge).cluster_id
+            hits += pair.next_counts.get(answer, 0)
             if progress is not None:
                 progress(index + 1, len(held_out))
     finally:
         predictor.close()
-    return round(hits / max(1, sum(p.total for p in held_out)), 4)
+    return ServedAnswers(round(hits / max(1, sum(p.total for p in held_out)), 4), observed)
+
+
+def served_hit_rate(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clusters: ClusterSet,
+                    settings: Settings, progress: Progress | None = None) -> float:
+    """`served_answers`' recall@1 alone."""
+    return served_answers(gguf_path, held_out, clusters, settings, progress).hit_rate
 
 
 def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:

@@ -156,6 +156,17 @@ def registered_identity(settings: Settings, path: Path) -> ModelIdentity | None:
     return ModelIdentity(version, cached_sha256(file, root / DIGEST_CACHE))
 
 
+def calibrated_temperature(settings: Settings, path: Path) -> float | None:
+    """The temperature fitted for a registered version's model at its cycle (metadata ``calibration``), or None:
+    not a registered model, or one filed before calibration was recorded."""
+    identity = registered_identity(settings, path)
+    if identity is None:
+        return None
+    calibration = get_version(settings, identity.name).metadata.get("calibration") or {}
+    temperature = calibration.get("temperature")
+    return float(temperature) if temperature else None
+
+
 def get_version(settings: Settings, version: str) -> ModelVersion:
     _check_name(version)
     folder = _store(settings).folder(version)

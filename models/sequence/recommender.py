@@ -94,27 +94,30 @@ class SequenceRecommender:
         if k <= 0 or not histories:
             return [[] for _ in histories]
         scores = self.score_batch(histories)
-        results = []
-        for row, allowed, excluded in zip(scores, allowed_items, exclude, strict=True):
-            if allowed is None:
-                candidates = row.clone()
-                candidates[PAD] = NEG
-                banned = [self.index[i] for i in excluded if i in self.index]
-                if banned:
-                    candidates[banned] = NEG
-                top = torch.topk(candidates, min(k, len(self.item_ids)))
-                picked = [(int(i), float(s)) for i, s in zip(top.indices, top.values, strict=True) if s > NEG / 2]
-            else:
-                banned_ids = set(excluded)
-                indices = sorted({self.index[i] for i in allowed if i in self.index and i not in banned_ids})
-                if not indices:
-                    results.append([])
-                    continue
-                sub = row[indices]
-                top = torch.topk(sub, min(k, len(indices)))
-                picked = [(indices[int(i)], float(s)) for i, s in zip(top.indices, top.values, strict=True)]
-            results.append([(self.item_ids[i - 1], s) for i, s in picked])
-        return results
+        return [self.top_k(row, k, allowed, excluded)
+                for row, allowed, excluded in zip(scores, allowed_items, exclude, strict=True)]
+
+    def top_k(self, row: torch.Tensor, k: int, allowed_items: Iterable[str] | None = None,
+              exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """`recommend` off one row of `score_batch` (a caller that reads the row for something else too)."""
+        if k <= 0:
+            return []
+        if allowed_items is None:
+            candidates = row.clone()
+            candidates[PAD] = NEG
+            banned = [self.index[i] for i in exclude if i in self.index]
+            if banned:
+                candidates[banned] = NEG
+            top = torch.topk(candidates, min(k, len(self.item_ids)))
+            picked = [(int(i), float(s)) for i, s in zip(top.indices, top.values, strict=True) if s > NEG / 2]
+        else:
+            banned_ids = set(exclude)
+            indices = sorted({self.index[i] for i in allowed_items if i in self.index and i not in banned_ids})
+            if not indices:
+                return []
+            top = torch.topk(row[indices], min(k, len(indices)))
+            picked = [(indices[int(i)], float(s)) for i, s in zip(top.indices, top.values, strict=True)]
+        return [(self.item_ids[i - 1], s) for i, s in picked]
 
     # -- persistence
     def save(self, settings: Settings, make_current: bool = True) -> Path:

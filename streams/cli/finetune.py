@@ -78,8 +78,15 @@ def _summary(result: Any) -> Table:
             before = base.get(mode, {}).get(key)
             table.add_row(f"{key} ({mode})", "-" if before is None else f"{before:.3f}",
                           f"{result.metrics[mode][key]:.3f}")
-    table.add_row("served hit rate (constrained, knowledge)", _fmt(result.base_served_hit_rate),
+    table.add_row("served hit rate (the served answer, knowledge)", _fmt(result.base_served_hit_rate),
                   _fmt(result.served_hit_rate))
+    calibration = result.calibration
+    if "temperature" in calibration:
+        table.add_row("temperature fitted on the held-out pairs (log-loss at T = 1 -> at T)", "",
+                      f"T = {calibration['temperature']:.2f} ({calibration['log_loss_uncalibrated']:.2f} -> "
+                      f"{calibration['log_loss']:.2f}, {calibration['transitions']} transitions)")
+    elif calibration:
+        table.add_row("temperature", "", calibration.get("skipped", "-"))
     for name, value in result.baselines.items():
         table.add_row(f"baseline {name}", f"{value:.3f}", "")
     table.add_row("export agreement (quantized vs PyTorch)", "", f"{result.agreement:.3f}")

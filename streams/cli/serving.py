@@ -153,12 +153,14 @@ def pairs_build(
                                  f"{threads} thread{'s' if threads > 1 else ''})", total=len(todo))
         try:
             report = build(predictor, store, table, clusters, todo, on_progress=lambda n: progress.advance(task, n),
-                           processes=processes, settings=settings, model_path=model_path, threads=threads)
+                           processes=processes, settings=settings, model_path=model_path, threads=threads,
+                           scored=settings.scored_pairs)
         except RuntimeError as exc:
             raise _fail(str(exc)) from exc
     out.print(f"{report.pairs} pairs ({report.with_knowledge} with retrieved knowledge) in {report.seconds:.1f}s: "
               f"{report.pairs_per_s:.2f} pairs/s with {report.processes} process(es), "
-              f"{report.mean_inference_ms:.0f} ms per pair in one process, model {version}; "
+              f"{report.mean_inference_ms:.0f} ms per pair in one process, model {version}, rows "
+              f"{'scored (novel_choice llm-x-sequence)' if settings.scored_pairs else 'one answer each'}; "
               f"table rows: {table.count()}, fragments: {table.fragments()}")
 
 

@@ -168,7 +168,7 @@ def test_all_943_users_after_the_full_replay_and_a_bulk_pair_table(serving_setti
         table = PairTable.from_settings(settings, clusters.version)
         processes = default_processes(1)
         report = build(None, store, table, clusters, processes=processes, settings=settings,
-                       model_path=str(current_model_path(settings)))
+                       model_path=str(current_model_path(settings)), scored=settings.scored_pairs)
         everything = len(all_pairs(clusters))
         print(f"\nbulk pair table: {report.pairs} pairs ({report.with_knowledge} with knowledge) in "
               f"{report.seconds:.0f}s with {processes} processes = {report.pairs_per_s:.2f} pairs/s")

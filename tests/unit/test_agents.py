@@ -106,6 +106,11 @@ class FakePredictor:
             time.sleep(self.delay_s)
         return SimpleNamespace(cluster_id=self.novel, elapsed_s=0.001)
 
+    def candidate_log_probs(self, pair: tuple[str, str], knowledge: Any) -> dict[str, float]:
+        """The scored form ("llm-x-sequence" rows): `novel` far ahead of every other cluster outside the pair."""
+        self.predict(pair, knowledge)
+        return {c: 0.0 if c == self.novel else -8.0 for c in _clusters().clusters if c not in pair}
+
     def close(self) -> None:
         self.closed = True
 
@@ -122,10 +127,13 @@ def _serving(settings: Settings, knowledge: FakeKnowledge, pairs: FakePairs, pre
     return Serving(settings, _clusters(), loaders, metrics, **executors)
 
 
-def _row(pair: tuple[str, str], novel: str, version: str, top_next: list[tuple[str, int]], updated_at: float
-         ) -> PairPrediction:
+def _row(pair: tuple[str, str], novel: str, version: str, top_next: list[tuple[str, int]], updated_at: float,
+         scored: bool = True) -> PairPrediction:
+    """A stored row; `scored` (the default, as `novel_choice` "llm-x-sequence" writes them): with the distribution."""
+    scores = tuple((c, 0.0 if c == novel else -8.0) for c in _clusters().clusters if c not in pair) if scored else ()
     return PairPrediction(c1=pair[0], c2=pair[1], novel=novel, model_version=version, knowledge_version="k0",
-                          fingerprint=fingerprint(top_next, pair), top_next=tuple(top_next), updated_at=updated_at)
+                          fingerprint=fingerprint(top_next, pair), top_next=tuple(top_next), updated_at=updated_at,
+                          scores=scores)
 
 
 class FakeStates:
@@ -172,6 +180,55 @@ def test_the_handler_answers_from_the_pair_table_then_the_llm_then_the_fallback(
         assert cold["model_version"] == "llm-a:0001|none"
         assert [_count(metrics.recommendations_out, s) for s in (TABLE, LLM, FALLBACK)] == [1, 1, 1]
         assert knowledge.threads and all(t.startswith("injected-io") for t in knowledge.threads)  # reads off the loop
+        serving.close()
+
+    asyncio.run(scenario())
+
+
+class FakeSequenceModel:
+    """The sequence model: every user's next item is most likely in cluster `likely`."""
+
+    def __init__(self, likely: str) -> None:
+        self.item_ids = tuple(_clusters().item_to_cluster)
+        self.index = {item: k + 1 for k, item in enumerate(self.item_ids)}
+        self.likely = likely
+        self.version = "seq-fake"
+
+    def score_batch(self, histories: Any) -> Any:
+        import torch
+
+        row = [-1e9] + [10.0 if _clusters().item_to_cluster[i] == self.likely else 0.0 for i in self.item_ids]
+        return torch.tensor([row] * len(histories))
+
+    def top_k(self, *args: Any, **kwargs: Any) -> Any:
+        from models.sequence.recommender import SequenceRecommender
+
+        return SequenceRecommender.top_k(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def recommend(self, recent_items: Any, k: int, allowed_items: Any, exclude: Any) -> Any:
+        return self.top_k(self.score_batch([recent_items])[0], k, allowed_items, exclude)
+
+
+@pytest.mark.parametrize("novel_choice", ["llm-x-sequence", "llm"])
+def test_a_scored_row_is_multiplied_by_the_users_sequence_mass(novel_choice: str) -> None:
+    from models.recommend import ClusterMass
+
+    async def scenario() -> None:
+        settings, metrics = _settings(novel_choice=novel_choice), Metrics()
+        serving = _serving(settings, FakeKnowledge({}, trending=[]), FakePairs(), None, metrics)
+        await serving.start()
+        serving.sequence = FakeSequenceModel(likely="c4")  # type: ignore[assignment]
+        serving.mass = ClusterMass(serving.sequence, serving.clusters)  # type: ignore[arg-type]
+        serving.cache.current_version = "m1"
+        # the LLM is sure of c3 (c4 at e^-8) -- at T = 1 the user's strong pull to c4 still wins the product
+        serving.cache.put(_row(("c1", "c2"), "c3", "m1", [], updated_at=1.0))
+        states = FakeStates({"u1": {"t": ["c1", "c2"], "i": ["c4-0"]}})
+        handler = RequestHandler(settings, states, serving, metrics)  # type: ignore[arg-type]
+        answer = orjson.loads(await handler.answer(_request("u1"), partition=0, waited_s=0.0))
+        expected = "c4" if novel_choice == "llm-x-sequence" else "c3"
+        assert (answer["source"], answer["novel_cluster"]["id"]) == (TABLE, expected)
+        assert answer["items"] and all(i["item_id"].startswith(expected) and i["item_id"] != "c4-0"
+                                       for i in answer["items"])
         serving.close()
 
     asyncio.run(scenario())
@@ -237,6 +294,22 @@ def test_the_refresher_picks_its_partitions_missing_or_stale_pairs_busiest_first
     assert due == [stale, *sorted(missing)]  # busiest first, then by pair; the recent row waits its interval
     assert fresh not in refresher.first_seen and stale in refresher.first_seen
     assert refresher.due({1}, knowledge, now[0]) and not set(refresher.due({1}, knowledge, now[0])) & set(mine)
+    serving.close()
+
+
+@pytest.mark.parametrize("novel_choice", ["llm-x-sequence", "llm"])
+def test_a_row_of_the_other_kind_is_re_inferred_after_a_novel_choice_change(novel_choice: str) -> None:
+    settings, metrics = _settings(novel_choice=novel_choice), Metrics()
+    serving = _serving(settings, FakeKnowledge({}, []), FakePairs(), None, metrics)
+    serving.cache.current_version = "m1"
+    refresher = _refresher(settings, serving, metrics, owned=set(), now=[1000.0])
+    scored_pair, plain_pair = sorted(pair for pair, owner in refresher.owner.items() if owner == 0)[:2]
+    serving.cache.put(_row(scored_pair, "c3", "m1", [], updated_at=0.0, scored=True))
+    serving.cache.put(_row(plain_pair, "c3", "m1", [], updated_at=0.0, scored=False))
+    due = refresher.due({0}, {}, 1000.0)
+    # same model, same knowledge: only the row whose kind the deployment no longer serves is stale
+    assert (plain_pair in due, scored_pair in due) == ((True, False) if novel_choice == "llm-x-sequence"
+                                                      else (False, True))
     serving.close()
 
 

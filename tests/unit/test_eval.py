@@ -403,6 +403,34 @@ def test_backoff_times_sequence_is_the_normalised_product_and_the_llm_can_be_a_t
                                 sequence=scores)._answer_of(one, s, {"scores": model})
     assert sharp.cluster == "c2" and flat.cluster == max(scaled, key=scaled.__getitem__) == "c3"
 
+
+def test_serving_chooses_and_grounds_as_the_evaluated_hybrid_seq() -> None:
+    """models/recommend.llm_times_sequence (what a request does with a scored row) gives the evaluation's
+    hybrid-seq answer and its grounded items, for an over-confident model and a calibrated one."""
+    from models.evaluation.grounding import SequenceScores
+    from models.evaluation.strategies import ScoredTableStrategy
+    from models.recommend import ClusterMass, llm_times_sequence, members_by_cluster
+    from models.sequence.recommender import SequenceRecommender
+
+    class Sequence(FakeSequence):
+        top_k = SequenceRecommender.top_k
+
+    cs = ClusterSet("v1", {"i0": "c0", "i1": "c1", "i2": "c2", "i3": "c3", "i4": "c3", "i5": "c4"},
+                    {f"c{k}": Cluster(f"c{k}", f"Name {k}", (), 3) for k in range(5)})
+    sequence = Sequence()
+    scores = SequenceScores(sequence, cs, k=2)
+    one = case(pair=("c1", "c0"), recent=("i1",))
+    scores.prepare([one])
+    model = {"c2": math.log(0.98), "c3": math.log(0.01), "c4": math.log(0.01)}
+    for temperature, expected in ((1.0, "c2"), (4.0, "c3")):
+        evaluated = ScoredTableStrategy("s", "", FINETUNE, "stream", 5, lambda path: "v", combine="sequence",
+                                        sequence=scores, temperature=temperature)._answer_of(one, state(0, {}),
+                                                                                             {"scores": model})
+        novel, items = llm_times_sequence(sequence, ClusterMass(sequence, cs), tuple(model.items()), temperature,
+                                          members_by_cluster(cs), one.recent_items, 2)
+        assert novel == evaluated.cluster == expected
+        assert [i.item_id for i in items] == scores.items(one, novel)
+
 # ---------------------------------------------------------------------------------------------------- LLM tables
 class Recorder:
     """Plays the engine: answers the first shown next cluster (or the first novel cluster), counts calls."""

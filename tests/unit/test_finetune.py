@@ -288,6 +288,13 @@ def test_whole_cycle_on_a_tiny_model(tmp_path):
     assert report["count_argmax_hit_rate"] == meta["baselines"]["knowledge_top1_hit_rate"]
     assert report["held_out_pairs"] == result.curation["eval_pairs"]
     assert meta["data_period"]["split_day"] > meta["data_period"]["first_day"]
+    # the temperature serving divides the released model's log-probabilities by: fitted on those held-out pairs,
+    # it lowers their log-loss, and the predictor that loads the release reads it
+    calibration = meta["calibration"]
+    assert calibration == result.calibration and report["temperature"] == calibration["temperature"]
+    assert calibration["prompts"] == report["held_out_pairs"] and calibration["transitions"] > 0
+    assert calibration["log_loss"] <= calibration["log_loss_uncalibrated"]
+    assert registry.calibrated_temperature(settings, Path(result.model_path)) == calibration["temperature"]
 
     # The same cycle with one training step: the model cannot name clusters yet, so it must not be released.
     failing = _settings(tmp_path, finetune_base_model_path=str(base), finetune_method="full",

@@ -15,6 +15,8 @@ from models.constrained import (
     gbnf_alternation,
     greedy_by_pieces,
     path_log_probs,
+    prefix_log_probs,
+    shared_nodes,
 )
 from models.llm import (
     METHODS,
@@ -240,7 +242,7 @@ def test_a_registered_fine_tune_is_labelled_by_its_version_the_base_says_base(tm
     settings = Settings(data_dir=tmp_path / "data")
     copy = tmp_path / "candidate.gguf"
     copy.write_bytes(Path(Settings().resolved_model_path()).read_bytes())
-    register(settings, "ft-test", copy, {"gates": {"passed": True}})
+    register(settings, "ft-test", copy, {"gates": {"passed": True}, "calibration": {"temperature": 7.5}})
     path = get_version(settings, "ft-test").model_path
     assert model_version(settings, path).startswith("ft-test:")
     with caplog.at_level(logging.INFO, logger="models.llm"):
@@ -252,6 +254,7 @@ def test_a_registered_fine_tune_is_labelled_by_its_version_the_base_says_base(tm
     try:
         assert tuned.fine_tuned and tuned.model_version == model_version(settings, path)
         assert not base.fine_tuned and base.model_version.startswith("base:")
+        assert (tuned.temperature, base.temperature) == (7.5, 1.0)  # the release's fitted one; the base: none
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "BASE model" in warnings[0] and base.model_version in warnings[0]
     finally:
@@ -260,10 +263,29 @@ def test_a_registered_fine_tune_is_labelled_by_its_version_the_base_says_base(tm
 
 
 def test_candidate_log_probs_are_the_score_methods_and_a_distribution(predictor, answers):
-    for (history, knowledge), scored in zip(REQUESTS, answers["score"], strict=True):
-        log_probs = predictor.candidate_log_probs(history, knowledge)
-        assert list(log_probs) == [c for c in CLUSTERS.clusters if c not in history]
-        assert max(log_probs, key=log_probs.get) == scored.cluster_id  # the same criterion as "score"
-        assert all(v < 0 for v in log_probs.values())
-        assert 0 < sum(np.exp(list(log_probs.values()))) <= 1.0 + 1e-6  # valid answers share at most all the mass
-        assert predictor.candidate_log_probs(history, knowledge) == log_probs  # no state leaks between calls
+    for (history, knowledge), scored, by_prefix in zip(REQUESTS, answers["score"], answers["prefix"], strict=True):
+        assert by_prefix.decoded_tokens < scored.decoded_tokens  # only the shared trie nodes are evaluated
+        exact = predictor.candidate_log_probs(history, knowledge, exact=True)
+        assert list(exact) == [c for c in CLUSTERS.clusters if c not in history]
+        assert max(exact, key=exact.get) == scored.cluster_id  # the same criterion as "score"
+        assert all(v < 0 for v in exact.values())
+        assert 0 < sum(np.exp(list(exact.values()))) <= 1.0 + 1e-6  # valid answers share at most all the mass
+        assert predictor.candidate_log_probs(history, knowledge, exact=True) == exact  # no state leaks
+        prefix = predictor.candidate_log_probs(history, knowledge)  # the served, distinguishing-prefix form
+        assert list(prefix) == list(exact)
+        # a prefix of the name is at least as likely as the whole name, and distinct prefixes are disjoint events
+        # (0.1: llama.cpp's kernels round differently for a batch of ~40 trie nodes than for one of ~270)
+        assert all(prefix[c] >= exact[c] - 0.1 for c in exact)
+        assert 0 < sum(np.exp(list(prefix.values()))) <= 1.0 + 1e-6
+        assert predictor.candidate_log_probs(history, knowledge) == prefix
+        assert max(prefix, key=prefix.get) == by_prefix.cluster_id
+
+
+def test_prefix_scores_stop_where_a_candidate_is_told_apart():
+    # (1, 2) and (1, 3) part after token 1; (4, 5) is alone from its first token; (1,) ends where the others go on
+    trie = TokenTrie([(1, 2), (1, 3), (4, 5), (1,)])
+    one, four = trie.root.children[1], trie.root.children[4]
+    assert shared_nodes(trie) == [one]  # the only node whose logits are needed beyond the prompt's
+    edge = {id(one): -0.5, id(one.children[2]): -1.0, id(one.children[3]): -0.1, id(four): -2.0}
+    end = {id(one): -3.0}
+    assert np.allclose(prefix_log_probs(trie, edge, end), [-1.5, -0.6, -2.0, -3.5])
