@@ -424,7 +424,10 @@ def _fine_tunes(tuner: BudgetedFineTuner, replayed: _Replayed, timeline: Timelin
         if deployed > 0:
             state = states[deployed]
             state.model_lag_s = {**state.model_lag_s, role: state.knowledge_lag_s + done.wall_s}
-        for strategy in users:
+        # The early model also calibrates the scored strategies: they pay for it too (conservative -- in production
+        # a release is calibrated on its own gate pairs, with no second fine-tune)
+        charged = users + [s for s in calibrates if s not in users] if role == EARLY else users
+        for strategy in charged:
             strategy.ledger.cpu_s += done.cpu_s
             strategy.ledger.wall_s += done.wall_s
         ft_log.append({"tag": tag, "role": role, "until_day": until,

@@ -114,9 +114,12 @@ def test_twin_fine_tunes_swapped_a_b_a_under_load_label_every_answer_with_its_mo
     started = time.monotonic()
     # responses_kept: the duplicates re-send the first request ids however many batches the swaps take (on a loaded
     # machine re-inferring all 1,560 pairs for B took over 32 batches, and an id past the kept window is new again).
+    # novel_choice "llm": provenance needs one answer per (model, pair) to check each answer against; under the
+    # default the user's sequence mass also moves it (that path: tests/unit/test_agents.py, tests/unit/test_eval.py).
     settings = serving_settings.model_copy(update={"model_watch_interval_s": 0.5, "pair_refresh_interval_s": 0.5,
                                                    "pair_refresh_min_interval_s": 0.0,
-                                                   "llm_max_queue_wait_s": 3_600.0, "responses_kept": 1_000})
+                                                   "llm_max_queue_wait_s": 3_600.0, "responses_kept": 1_000,
+                                                   "novel_choice": "llm"})
     clusters = load_serving(settings)
     base_model = silence_mixing(tiny_model(seed=11))
     base = write_tiny_base(tmp_path / "tiny-base.gguf", base_model)
