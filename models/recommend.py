@@ -117,6 +117,7 @@ def llm_times_sequence(sequence: SequenceRecommender, mass: ClusterMass, scores:
     argmax of the row's calibrated distribution times the user's sequence mass per cluster (ties: the row's order,
     i.e. cluster order). Without the user's mass in any candidate, the row's own argmax."""
     row = sequence.score_batch([recent_items])[0]
+    scores = [(c, v) for c, v in scores if c in mass.position]  # a row is per clusters version: a guard, no filter
     candidates = [c for c, _ in scores]
     found = mass.per_cluster(row, recent_items, candidates)
     per_cluster = dict(zip(candidates, found[0].tolist(), strict=True)) if found is not None else None
