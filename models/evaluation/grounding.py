@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
 from models.clusters import ClusterSet
 from models.evaluation.protocol import Case
 
