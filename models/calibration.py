@@ -88,4 +88,3 @@ def normalised(weights: Mapping[str, float]) -> dict[str, float]:
     if not total > 0:
         raise ValueError("a distribution needs a positive total weight")
     return {c: w / total for c, w in weights.items()}
-

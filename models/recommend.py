@@ -54,15 +54,18 @@ def fallback_cluster(history: Collection[str], top_next: Sequence[tuple[str, int
 
 
 def grounded_items(sequence: SequenceRecommender | None, members: Sequence[str], recent_items: Sequence[str],
-                   k: int) -> list[ScoredItem]:
-    """Top-k of the novel cluster's items for this user, never one the user already had (in `recent_items`).
+                   k: int, row: Any = None) -> list[ScoredItem]:
+    """Top-k of the novel cluster's items for this user, never one the user already had (in `recent_items`);
+    `row`: the user's `score_batch` row when the caller has it already (no second forward pass).
 
     Without a trained sequence model, the cluster's items in their stored order (score 0) — a documented
     degraded mode; `explorer sequence train` (or `explorer demo`) trains the model."""
     had = set(recent_items)
     if sequence is None:
         return [ScoredItem(item, 0.0) for item in members if item not in had][:k]
-    ranked = sequence.recommend(recent_items, k=k, allowed_items=members, exclude=had)
+    if row is None:
+        row = sequence.score_batch([recent_items])[0]
+    ranked = sequence.top_k(row, k, allowed_items=members, exclude=had)
     return [ScoredItem(item, round(score, 6)) for item, score in ranked]
 
 
@@ -124,9 +127,7 @@ def llm_times_sequence(sequence: SequenceRecommender, mass: ClusterMass, scores:
     joint = times_sequence_mass(softmax(dict(scores), temperature), per_cluster)
     order = {c: i for i, c in enumerate(candidates)}
     novel = min(joint, key=lambda c: (-joint[c], order[c]))
-    had = set(recent_items)
-    ranked = sequence.top_k(row, k, allowed_items=members.get(novel, []), exclude=had)
-    return novel, [ScoredItem(item, round(score, 6)) for item, score in ranked]
+    return novel, grounded_items(sequence, members.get(novel, []), recent_items, k, row)
 
 
 def recommendation(request: RecommendationRequest, history: Sequence[str], cluster_id: str, clusters: ClusterSet,

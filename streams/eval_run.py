@@ -426,7 +426,7 @@ def _fine_tunes(tuner: BudgetedFineTuner, replayed: _Replayed, timeline: Timelin
             state.model_lag_s = {**state.model_lag_s, role: state.knowledge_lag_s + done.wall_s}
         # The early model also calibrates the scored strategies: they pay for it too (conservative -- in production
         # a release is calibrated on its own gate pairs, with no second fine-tune)
-        charged = users + [s for s in calibrates if s not in users] if role == EARLY else users
+        charged = users + ([s for s in calibrates if s not in users] if role == EARLY else [])
         for strategy in charged:
             strategy.ledger.cpu_s += done.cpu_s
             strategy.ledger.wall_s += done.wall_s

@@ -175,19 +175,19 @@ def served_answers(gguf_path: str | Path, held_out: Sequence[HeldOutPair], clust
     user, which held-out pairs have not), else the constrained decoding (models/llm.py, default method). Scored,
     each pair's distribution is kept too: the model's calibration is fitted on them (models/calibration.py)."""
     from models.llm import NovelClusterPredictor
+    from models.pair_table import infer
 
     predictor = NovelClusterPredictor(settings, clusters, model_path=str(gguf_path),
                                       n_threads=settings.finetune_threads, announce_base=False)
     hits, observed = 0, []
     try:
         for index, pair in enumerate(held_out):
-            if settings.scored_pairs:
-                log_probs = predictor.candidate_log_probs(pair.history, pair.knowledge)
-                answer = max(log_probs, key=log_probs.__getitem__)
-                observed.append(Observed(log_probs, dict(pair.next_counts)))
-            else:
-                answer = predictor.predict(pair.history, pair.knowledge).cluster_id
-            hits += pair.next_counts.get(answer, 0)
+            # the row the server would store for this pair and knowledge: its answer, and its scores when scored
+            row = infer(predictor, pair.history, pair.knowledge.top_next, pair.knowledge.trending, "",
+                        scored=settings.scored_pairs)
+            if row.scores:
+                observed.append(Observed(dict(row.scores), dict(pair.next_counts)))
+            hits += pair.next_counts.get(row.novel, 0)
             if progress is not None:
                 progress(index + 1, len(held_out))
     finally:

@@ -205,9 +205,6 @@ class FakeSequenceModel:
 
         return SequenceRecommender.top_k(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    def recommend(self, recent_items: Any, k: int, allowed_items: Any, exclude: Any) -> Any:
-        return self.top_k(self.score_batch([recent_items])[0], k, allowed_items, exclude)
-
 
 @pytest.mark.parametrize("novel_choice", ["llm-x-sequence", "llm"])
 def test_a_scored_row_is_multiplied_by_the_users_sequence_mass(novel_choice: str) -> None:
