@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     finetune_gate_exact_match: float = Field(0.9, ge=0, le=1)  # free generation must name a valid novel cluster
     finetune_gate_min_hit_rate: float = Field(0.10, ge=0, le=1)  # held-out recall@1 of the predicted novel cluster
     finetune_gate_min_agreement: float = Field(0.9, ge=0, le=1)  # quantized llama.cpp vs PyTorch greedy answers
+    finetune_agreement_prompts: int = Field(48, ge=2)  # held-out prompts both answer (half with knowledge)
+    # A differing answer still agrees when llama.cpp's token, where the answers first differ, is within this many
+    # nats of the PyTorch model's best there (ln 2: at least half as likely): a near-tie flipped by quantization.
+    finetune_agreement_margin_nats: float = Field(0.693, ge=0)
     # `explorer demo` without a released fine-tune runs one cycle with this training budget first (0: never; the
     # base then serves, labelled as such). Sized so the whole main job fits 25 minutes on 2 cores (README).
     demo_finetune_budget_s: float = Field(600.0, ge=0)

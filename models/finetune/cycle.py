@@ -26,7 +26,6 @@ from models.llm import model_version
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-AGREEMENT_SAMPLE = 24  # held-out prompts answered by both the PyTorch model and the quantized llama.cpp model
 DAY_S = 86_400
 
 
@@ -38,7 +37,7 @@ class CycleResult:
     metrics: dict[str, dict[str, float]]
     base_metrics: dict[str, dict[str, float]] | None
     baselines: dict[str, float]
-    agreement: float
+    agreement: float  # the gated export agreement (gates.ExportCheck.agreement)
     train: dict[str, Any]
     curation: dict[str, Any]
     quant_type: str
@@ -50,6 +49,7 @@ class CycleResult:
     model_version: str | None = None  # the released/registered model's identity label (models/identity.py)
     gate_report: dict[str, Any] = field(default_factory=dict)  # gates.gate_report: what the release rests on
     calibration: dict[str, Any] = field(default_factory=dict)  # the fitted temperature (models/calibration.py)
+    export_check: dict[str, Any] = field(default_factory=dict)  # gates.ExportCheck.as_dict: exact share, gaps
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -136,8 +136,8 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         step = stages.start("evaluate candidate", None)
         evaluation = gates.evaluate(candidate, curated.held_out, clusters, tokenizer, threads, step)
         step = stages.start("compare with PyTorch", None)
-        sample, reference = _torch_answers(model, evaluation, clusters, tokenizer, step)
-        agreement = gates.agreement(reference, [evaluation.tokens[i] for i in sample])
+        export_check = _export_check(model, evaluation, clusters, tokenizer, settings, step)
+        agreement = export_check.agreement
         step = stages.start("served hit rate, candidate", None)
         answers = gates.served_answers(candidate, curated.held_out, clusters, settings, step)
         candidate_served = answers.hit_rate
@@ -168,7 +168,7 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         # What the model was trained to know, for the scheduler's drift check (models/finetune/scheduler.py).
         "trained_top_next": scheduler.top_next_snapshot(
             curation.period_counts(counts, curated.period.first_day, curated.period.split_day)),
-        "baselines": held_out_baselines, "export_agreement": agreement,
+        "baselines": held_out_baselines, "export_agreement": agreement, "export_check": export_check.as_dict(),
         "served_hit_rate": candidate_served, "base_served_hit_rate": base_served, "gates": result.as_dict(),
         "gate_report": report,
         # The temperature "llm-x-sequence" divides this model's log-probabilities by (models/recommend.py), fitted on
@@ -186,7 +186,8 @@ def _run_cycle(settings: Settings, progress: Any | None, version: str, work: Pat
         log.info("released fine-tuned model %s", version)
     return CycleResult(version=version, released=result.passed and release_model, reasons=result.reasons,
                        metrics=evaluation.metrics, base_metrics=base_metrics, baselines=metadata["baselines"],
-                       agreement=agreement, train=trained.as_dict(), curation=curated.stats,
+                       agreement=agreement, export_check=export_check.as_dict(), train=trained.as_dict(),
+                       curation=curated.stats,
                        quant_type=settings.finetune_quant_type, model_bytes=model_bytes,
                        served_hit_rate=candidate_served, base_served_hit_rate=base_served, timings=stages.timings,
                        gate_report=report, calibration=calibration,
@@ -223,21 +224,23 @@ def _inputs(settings: Settings, clusters: ClusterSet | None, ratings: Sequence[A
     return clusters, ratings
 
 
-def _torch_answers(model: Any, evaluation: gates.Evaluation, clusters: ClusterSet,
-                   tokenizer: training.PromptTokenizer, step: Callable[[float, float | None], None]
-                   ) -> tuple[list[int], list[list[int]]]:
-    """The PyTorch model's greedy answers to a sample of the evaluated prompts, half of each prompt mode:
-    (indices into `evaluation.prompts`, answer tokens)."""
-    per_mode = AGREEMENT_SAMPLE // len(gates.MODES)
+def _export_check(model: Any, evaluation: gates.Evaluation, clusters: ClusterSet,
+                  tokenizer: training.PromptTokenizer, settings: Settings,
+                  step: Callable[[float, float | None], None]) -> gates.ExportCheck:
+    """The PyTorch model's greedy answers to a sample of the evaluated prompts (half of each prompt mode) against
+    the quantized model's, with the PyTorch model's gap where they differ (gates.ExportCheck)."""
+    per_mode = max(1, settings.finetune_agreement_prompts // len(gates.MODES))
     sample = [i for mode in gates.MODES
               for i in [k for k, p in enumerate(evaluation.prompts) if p.mode == mode][:per_mode]]
     max_new = max((len(t) for t in evaluation.tokens), default=0) + 4
-    out = []
+    gaps = []
     for done, index in enumerate(sample):
         static, rest = gates.prompt_tokens(evaluation.prompts[index], clusters, tokenizer)
-        out.append(training.torch_greedy(model, static + rest, tokenizer.eog, max_new))
+        reference = training.torch_greedy(model, static + rest, tokenizer.eog, max_new)
+        gaps.append(training.torch_divergence_gap(model, static + rest, reference, evaluation.tokens[index],
+                                                  tokenizer.eog))
         step(done + 1, len(sample))
-    return sample, out
+    return gates.ExportCheck(tuple(gaps), settings.finetune_agreement_margin_nats)
 
 
 def _version_name() -> str:

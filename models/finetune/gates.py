@@ -21,7 +21,10 @@ finetune_gate_min_hit_rate -- both on the server's prompts: the server only ever
 retrieved (models/pair_table.py, for table rows and request-time misses alike), so a gate on prompts it never
 builds would hold back a model on answers no user gets (the plain figures stay in the metrics: they are the
 evaluation's fine-tune-only strategy's, and the release metadata keeps them), and the agreement of the quantized llama.cpp model's greedy answers with the PyTorch
-model's on a sample >= finetune_gate_min_agreement (catches a broken export or a too-coarse quantization). And one
+model's on a sample of finetune_agreement_prompts >= finetune_gate_min_agreement, where an answer that differs only
+by a near-tie (the token llama.cpp chose within finetune_agreement_margin_nats of the PyTorch model's best where
+the two first differ) still agrees: it catches a broken export or a too-coarse quantization, not the flip of a tie
+that quantization noise decides. And one
 relative gate: the candidate's served hit rate >= the serving model's (the released fine-tune, else the base) on
 the same held-out pairs, so no release serves users worse answers than they get now; the gate report shows count
 argmax on those pairs beside it.
@@ -206,6 +209,36 @@ def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[i
     if len(reference) != len(candidate) or not reference:
         raise ValueError("agreement needs two equally long, non-empty lists of answers")
     return round(sum(list(a) == list(b) for a, b in zip(reference, candidate)) / len(reference), 4)
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """The quantized llama.cpp model's greedy answers against the PyTorch model's, on the same prompts.
+
+    `gaps`: per prompt, how many nats below its best the PyTorch model ranks the token llama.cpp chose where the
+    answers first differ (0 for the same answer; training.torch_divergence_gap). A prompt agrees when its gap is
+    within `margin_nats`: a near-tie that quantization flipped is not a broken export, while an export that lost
+    the fine-tune (or a too-coarse quantization) picks tokens the trained model ranks far below its best."""
+    gaps: tuple[float, ...]
+    margin_nats: float
+
+    def __post_init__(self) -> None:
+        if not self.gaps:
+            raise ValueError("the export check needs at least one prompt")
+
+    @property
+    def agreement(self) -> float:
+        """The gated share: prompts whose llama.cpp answer is the PyTorch answer or within the margin of it."""
+        return round(sum(g <= self.margin_nats for g in self.gaps) / len(self.gaps), 4)
+
+    @property
+    def exact_agreement(self) -> float:
+        return round(sum(g == 0.0 for g in self.gaps) / len(self.gaps), 4)
+
+    def as_dict(self) -> dict[str, Any]:
+        differing = sorted((g for g in self.gaps if g > 0), reverse=True)
+        return {"prompts": len(self.gaps), "agreement": self.agreement, "exact_agreement": self.exact_agreement,
+                "margin_nats": self.margin_nats, "differing_gaps_nats": [round(g, 3) for g in differing]}
 
 
 @dataclass(frozen=True)

@@ -313,3 +313,29 @@ def torch_greedy(model: Any, prompt: Sequence[int], eog: Sequence[int], max_new_
             out.append(token)
             result = model(input_ids=torch.tensor([[token]]), past_key_values=result.past_key_values, use_cache=True)
     return out
+
+
+def torch_divergence_gap(model: Any, prompt: Sequence[int], reference: Sequence[int], candidate: Sequence[int],
+                         eog: Sequence[int]) -> float:
+    """How far below its own best the PyTorch model ranks the token another model chose where the two greedy
+    answers first differ, in nats (0.0 when the answers are the same).
+
+    Both answers share every token before that position, so the PyTorch model is asked once, on the prompt and the
+    shared tokens: its best token there is `reference`'s next one (or an end token, where `reference` ended), and the
+    gap is log p(best) - log p(candidate's token) -- the best end token where `candidate` ended. A quantized model
+    that flips a near-tie has a small gap; a broken export picks tokens the trained model finds unlikely."""
+    import torch
+
+    reference, candidate = list(reference), list(candidate)
+    if reference == candidate:
+        return 0.0
+    shared = next((k for k, (a, b) in enumerate(zip(reference, candidate)) if a != b),
+                  min(len(reference), len(candidate)))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([list(prompt) + reference[:shared]])).logits[0, -1]
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    if shared < len(candidate):
+        chosen = float(log_probs[candidate[shared]])
+    else:  # the candidate stopped here: its best case is the likeliest end token
+        chosen = float(log_probs[list(eog)].max())
+    return max(0.0, float(log_probs.max()) - chosen)

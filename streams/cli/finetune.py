@@ -89,7 +89,10 @@ def _summary(result: Any) -> Table:
         table.add_row("temperature", "", calibration.get("skipped", "-"))
     for name, value in result.baselines.items():
         table.add_row(f"baseline {name}", f"{value:.3f}", "")
-    table.add_row("export agreement (quantized vs PyTorch)", "", f"{result.agreement:.3f}")
+    check = result.export_check
+    detail = (f" (exact {check['exact_agreement']:.3f}; {check['prompts']} prompts, near-tie margin "
+              f"{check['margin_nats']:.2f} nats)") if check else ""
+    table.add_row("export agreement (quantized vs PyTorch)", "", f"{result.agreement:.3f}{detail}")
     report = result.gate_report
     if report:
         table.add_row(f"relative gate: served hit rate vs the serving model ({report['serving_model']})",

@@ -274,12 +274,16 @@ def test_whole_cycle_on_a_tiny_model(tmp_path):
     assert result.metrics["all"]["exact_match"] >= 0.9, result.metrics
     assert result.metrics["knowledge"]["hit_rate"] >= 0.6, result.metrics
     assert result.agreement >= 0.9  # the quantized llama.cpp model answers as the PyTorch model does
+    check = result.export_check
+    assert check["agreement"] == result.agreement >= check["exact_agreement"]
+    assert check["prompts"] == min(settings.finetune_agreement_prompts, 2 * result.curation["eval_pairs"])
     assert result.released and not result.reasons
     assert registry.current_version(settings) == result.version
     assert registry.current_model_path(settings) == result.model_path
     assert Path(result.model_path).stat().st_size < base.stat().st_size  # Q8_0 is smaller than the F32 base
     meta = registry.get_version(settings, result.version).metadata
     assert meta["gates"]["passed"] and meta["clusters_version"] == "tiny-1"
+    assert meta["export_check"] == check and meta["export_agreement"] == result.agreement
     # the relative gate: measured against what served before (the configured base), count argmax beside it
     report = meta["gate_report"]
     assert report == result.gate_report and report["serving_model"].startswith("base:")
@@ -408,6 +412,68 @@ def test_a_failed_cycle_removes_its_work_folder(tmp_path, monkeypatch):
     assert seen and seen[0].parent.name.startswith(".work-")
     assert not seen[0].parent.exists()
     assert registry.list_versions(settings) == []
+
+
+def _peaked_model(seed: int):
+    """A tiny model with confident next-token distributions (scaled tied embeddings), so that two seeds disagree
+    by many nats where random tiny models would be near uniform; the final norm's random weights keep it from just
+    repeating the last token."""
+    import torch
+
+    model = _tiny_model(seed=seed)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(40.0)
+        model.model.norm.weight.copy_(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+def _log_probs(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=torch.tensor([list(ids)])).logits[0, -1].float(), dim=-1)
+
+
+def test_divergence_gap_is_the_pytorch_models_ranking_of_the_other_token():
+    from models.finetune.training import torch_divergence_gap, torch_greedy
+
+    model, eog = _peaked_model(seed=1), [2]
+    prompt = [1, 520, 198, 4093]
+    reference = torch_greedy(model, prompt, eog, 3)
+    assert len(reference) == 3 and torch_divergence_gap(model, prompt, reference, reference, eog) == 0.0
+
+    first = _log_probs(model, prompt)
+    runner_up = int(first.argsort(descending=True)[1])
+    expected = float(first.max() - first[runner_up])
+    assert torch_divergence_gap(model, prompt, reference, [runner_up, 7], eog) == pytest.approx(expected, abs=1e-4)
+    # the answers share the first token and differ at the second: the gap is read after the shared token
+    second = _log_probs(model, prompt + reference[:1])
+    assert torch_divergence_gap(model, prompt, reference, reference[:1] + [300], eog) == pytest.approx(
+        float(second.max() - second[300]), abs=1e-4)
+    # the candidate stopped where the reference went on: its token there is the best end token
+    assert torch_divergence_gap(model, prompt, reference, reference[:1], eog) == pytest.approx(
+        float(second.max() - second[2]), abs=1e-4)
+
+
+def test_export_check_passes_a_flipped_near_tie_and_catches_another_model():
+    from models.finetune.training import torch_divergence_gap, torch_greedy
+
+    near_tie = gates.ExportCheck((0.0, 0.0, 0.2, 3.0), margin_nats=0.693)
+    assert near_tie.exact_agreement == 0.5 and near_tie.agreement == 0.75
+    assert near_tie.as_dict()["differing_gaps_nats"] == [3.0, 0.2]
+    with pytest.raises(ValueError):
+        gates.ExportCheck((), margin_nats=0.693)
+
+    trained, other, eog = _peaked_model(seed=1), _peaked_model(seed=5), [2]
+    prompts = [[1, 520, 198, t] for t in range(4000, 4010)]
+    same = [torch_divergence_gap(trained, p, torch_greedy(trained, p, eog, 3), torch_greedy(trained, p, eog, 3), eog)
+            for p in prompts]
+    assert gates.ExportCheck(tuple(same), 0.693).agreement == 1.0
+    # a file that is not the trained model (an export that lost the fine-tune, say) answers with tokens the trained
+    # model ranks far below its best: the check fails it, whatever the margin's slack for near-ties
+    wrong = gates.ExportCheck(tuple(torch_divergence_gap(trained, p, torch_greedy(trained, p, eog, 3),
+                                                         torch_greedy(other, p, eog, 3), eog) for p in prompts), 0.693)
+    assert wrong.agreement <= 0.2, wrong.as_dict()
 
 
 def test_gates_report_each_failing_check(tmp_path):
