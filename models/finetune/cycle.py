@@ -233,12 +233,13 @@ def _export_check(model: Any, evaluation: gates.Evaluation, clusters: ClusterSet
     sample = [i for mode in gates.MODES
               for i in [k for k, p in enumerate(evaluation.prompts) if p.mode == mode][:per_mode]]
     max_new = max((len(t) for t in evaluation.tokens), default=0) + 4
-    gaps = []
+    gaps: list[float | None] = []
     for done, index in enumerate(sample):
         static, rest = gates.prompt_tokens(evaluation.prompts[index], clusters, tokenizer)
         reference = training.torch_greedy(model, static + rest, tokenizer.eog, max_new)
-        gaps.append(training.torch_divergence_gap(model, static + rest, reference, evaluation.tokens[index],
-                                                  tokenizer.eog))
+        answer = evaluation.tokens[index]
+        gaps.append(None if reference == list(answer) else
+                    training.torch_divergence_gap(model, static + rest, reference, answer, tokenizer.eog))
         step(done + 1, len(sample))
     return gates.ExportCheck(tuple(gaps), settings.finetune_agreement_margin_nats)
 

@@ -215,11 +215,12 @@ def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[i
 class ExportCheck:
     """The quantized llama.cpp model's greedy answers against the PyTorch model's, on the same prompts.
 
-    `gaps`: per prompt, how many nats below its best the PyTorch model ranks the token llama.cpp chose where the
-    answers first differ (0 for the same answer; training.torch_divergence_gap). A prompt agrees when its gap is
-    within `margin_nats`: a near-tie that quantization flipped is not a broken export, while an export that lost
-    the fine-tune (or a too-coarse quantization) picks tokens the trained model ranks far below its best."""
-    gaps: tuple[float, ...]
+    `gaps`: per prompt, None where both answers are the same tokens, else how many nats below its best the PyTorch
+    model ranks the token llama.cpp chose where the answers first differ (training.torch_divergence_gap). A prompt
+    agrees when the answers are the same or the gap is within `margin_nats`: a near-tie that quantization flipped is
+    not a broken export, while an export that lost the fine-tune (or a too-coarse quantization) picks tokens the
+    trained model ranks far below its best."""
+    gaps: tuple[float | None, ...]
     margin_nats: float
 
     def __post_init__(self) -> None:
@@ -229,14 +230,14 @@ class ExportCheck:
     @property
     def agreement(self) -> float:
         """The gated share: prompts whose llama.cpp answer is the PyTorch answer or within the margin of it."""
-        return round(sum(g <= self.margin_nats for g in self.gaps) / len(self.gaps), 4)
+        return round(sum(g is None or g <= self.margin_nats for g in self.gaps) / len(self.gaps), 4)
 
     @property
     def exact_agreement(self) -> float:
-        return round(sum(g == 0.0 for g in self.gaps) / len(self.gaps), 4)
+        return round(sum(g is None for g in self.gaps) / len(self.gaps), 4)
 
     def as_dict(self) -> dict[str, Any]:
-        differing = sorted((g for g in self.gaps if g > 0), reverse=True)
+        differing = sorted((g for g in self.gaps if g is not None), reverse=True)
         return {"prompts": len(self.gaps), "agreement": self.agreement, "exact_agreement": self.exact_agreement,
                 "margin_nats": self.margin_nats, "differing_gaps_nats": [round(g, 3) for g in differing]}
 

@@ -458,9 +458,12 @@ def test_divergence_gap_is_the_pytorch_models_ranking_of_the_other_token():
 def test_export_check_passes_a_flipped_near_tie_and_catches_another_model():
     from models.finetune.training import torch_divergence_gap, torch_greedy
 
-    near_tie = gates.ExportCheck((0.0, 0.0, 0.2, 3.0), margin_nats=0.693)
+    near_tie = gates.ExportCheck((None, None, 0.2, 3.0), margin_nats=0.693)
     assert near_tie.exact_agreement == 0.5 and near_tie.agreement == 0.75
     assert near_tie.as_dict()["differing_gaps_nats"] == [3.0, 0.2]
+    # different tokens at an exact tie agree, but they are not the same answer
+    assert gates.ExportCheck((None, 0.0), margin_nats=0.693).as_dict() == {
+        "prompts": 2, "agreement": 1.0, "exact_agreement": 0.5, "margin_nats": 0.693, "differing_gaps_nats": [0.0]}
     with pytest.raises(ValueError):
         gates.ExportCheck((), margin_nats=0.693)
 
@@ -468,7 +471,7 @@ def test_export_check_passes_a_flipped_near_tie_and_catches_another_model():
     prompts = [[1, 520, 198, t] for t in range(4000, 4010)]
     same = [torch_divergence_gap(trained, p, torch_greedy(trained, p, eog, 3), torch_greedy(trained, p, eog, 3), eog)
             for p in prompts]
-    assert gates.ExportCheck(tuple(same), 0.693).agreement == 1.0
+    assert same == [0.0] * len(prompts)
     # a file that is not the trained model (an export that lost the fine-tune, say) answers with tokens the trained
     # model ranks far below its best: the check fails it, whatever the margin's slack for near-ties
     wrong = gates.ExportCheck(tuple(torch_divergence_gap(trained, p, torch_greedy(trained, p, eog, 3),
