@@ -2,6 +2,7 @@
 
     python -m bench.finetune_choices methods [--steps 31] [--threads 1]
     python -m bench.finetune_choices quant F16_GGUF [--pairs 40] [--threads 1]
+    python -m bench.finetune_choices export-check [--pairs 24] [--threads 2]
 
 `methods`: the same batches of MovieLens examples (curated as `explorer finetune` does, serving clusters of
 $EXPLORER_DATA_DIR) for both methods, from the packaged SmolLM2; median step time, and the mean answer loss on 48
@@ -10,6 +11,11 @@ time-later prompts (the held-out pairs' most common next cluster, half with know
 `quant`: quantizes one F16 export (`explorer finetune --keep-f16 PATH`) to each legacy type and answers the same
 held-out prompts (free greedy generation, gates.evaluate) with each: file size, agreement with the F16 file's
 answers, exact match, hit rate, seconds per prompt.
+
+`export-check`: what the release gate's export check (gates.ExportCheck) says of a file that is not the PyTorch
+model, against its baseline in the same run, the same model in both runtimes: the released fine-tune (registry)
+de-quantized into PyTorch against the configured base GGUF in llama.cpp (an export that lost the fine-tune), the
+reverse pairing, and the fine-tune in both (the control). Agreement within the margin, exact agreement, gaps.
 """
 
 from __future__ import annotations
@@ -100,6 +106,41 @@ def quant(f16: Path, pairs: int, threads: int) -> None:
                  "s / prompt"], rows)
 
 
+def export_check(pairs: int, threads: int) -> None:
+    from models.finetune import registry
+
+    settings = Settings(finetune_threads=threads)
+    clusters, curated = _curated(settings)
+    held = curated.held_out[:pairs]
+    base, tuned = settings.resolved_model_path(), Path(registry.current_model_path(settings))
+    if tuned.resolve() == Path(base).resolve():
+        raise SystemExit("no released fine-tune in the registry: run `explorer finetune` first")
+    tokenizer = training.PromptTokenizer(base)
+    files = {"fine-tune": tuned, "base": Path(base)}
+    answers = {name: gates.evaluate(path, held, clusters, tokenizer, threads) for name, path in files.items()}
+    max_new = max(len(t) for e in answers.values() for t in e.tokens) + 4
+    rows = []
+    for torch_name, file_name in (("fine-tune", "fine-tune"), ("fine-tune", "base"), ("base", "fine-tune")):
+        model = training.load_base(files[torch_name])
+        evaluation, gaps = answers[file_name], []
+        for index, prompt in enumerate(evaluation.prompts):
+            static, rest = gates.prompt_tokens(prompt, clusters, tokenizer)
+            reference = training.torch_greedy(model, static + rest, tokenizer.eog, max_new)
+            answer = evaluation.tokens[index]
+            gaps.append(None if reference == answer else
+                        training.torch_divergence_gap(model, static + rest, reference, answer, tokenizer.eog))
+        check = gates.ExportCheck(tuple(gaps), settings.finetune_agreement_margin_nats)
+        differing = [g for g in gaps if g is not None]
+        rows.append([f"PyTorch {torch_name} / llama.cpp {file_name}", str(len(gaps)), f"{check.agreement:.3f}",
+                     f"{check.exact_agreement:.3f}",
+                     f"{statistics.median(differing):.2f}" if differing else "-",
+                     f"{min(differing):.2f}-{max(differing):.2f}" if differing else "-"])
+    tokenizer.close()
+    print_table(["pairing (the first row is the baseline: one model, two runtimes)", "prompts",
+                 f"agreement (margin {settings.finetune_agreement_margin_nats} nats)", "exact", "median gap",
+                 "gap range"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -110,11 +151,16 @@ def main() -> None:
     q.add_argument("f16", type=Path)
     q.add_argument("--pairs", type=int, default=40)
     q.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("export-check")
+    e.add_argument("--pairs", type=int, default=24)
+    e.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.what == "methods":
         methods(args.steps, args.threads)
-    else:
+    elif args.what == "quant":
         quant(args.f16, args.pairs, args.threads)
+    else:
+        export_check(args.pairs, args.threads)
 
 
 if __name__ == "__main__":
