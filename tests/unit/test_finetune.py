@@ -423,7 +423,8 @@ def _peaked_model(seed: int):
     model = _tiny_model(seed=seed)
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(40.0)
-        model.model.norm.weight.copy_(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(seed)))
+        generator = torch.Generator().manual_seed(seed)
+        model.model.norm.weight.copy_(torch.randn(model.config.hidden_size, generator=generator))
     return model
 
 
