@@ -125,10 +125,7 @@ def export_check(pairs: int, threads: int) -> None:
         evaluation, gaps = answers[file_name], []
         for index, prompt in enumerate(evaluation.prompts):
             static, rest = gates.prompt_tokens(prompt, clusters, tokenizer)
-            reference = training.torch_greedy(model, static + rest, tokenizer.eog, max_new)
-            answer = evaluation.tokens[index]
-            gaps.append(None if reference == answer else
-                        training.torch_divergence_gap(model, static + rest, reference, answer, tokenizer.eog))
+            gaps.append(training.answer_gap(model, static + rest, evaluation.tokens[index], tokenizer.eog, max_new))
         check = gates.ExportCheck(tuple(gaps), settings.finetune_agreement_margin_nats)
         differing = [g for g in gaps if g is not None]
         rows.append([f"PyTorch {torch_name} / llama.cpp {file_name}", str(len(gaps)), f"{check.agreement:.3f}",

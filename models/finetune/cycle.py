@@ -236,10 +236,7 @@ def _export_check(model: Any, evaluation: gates.Evaluation, clusters: ClusterSet
     gaps: list[float | None] = []
     for done, index in enumerate(sample):
         static, rest = gates.prompt_tokens(evaluation.prompts[index], clusters, tokenizer)
-        reference = training.torch_greedy(model, static + rest, tokenizer.eog, max_new)
-        answer = evaluation.tokens[index]
-        gaps.append(None if reference == list(answer) else
-                    training.torch_divergence_gap(model, static + rest, reference, answer, tokenizer.eog))
+        gaps.append(training.answer_gap(model, static + rest, evaluation.tokens[index], tokenizer.eog, max_new))
         step(done + 1, len(sample))
     return gates.ExportCheck(tuple(gaps), settings.finetune_agreement_margin_nats)
 

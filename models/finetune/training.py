@@ -339,3 +339,13 @@ def torch_divergence_gap(model: Any, prompt: Sequence[int], reference: Sequence[
     else:  # the candidate stopped here: its best case is the likeliest end token
         chosen = float(log_probs[list(eog)].max())
     return max(0.0, float(log_probs.max()) - chosen)
+
+
+def answer_gap(model: Any, prompt: Sequence[int], answer: Sequence[int], eog: Sequence[int],
+               max_new_tokens: int) -> float | None:
+    """Another model's greedy `answer` to `prompt` judged by the PyTorch model's own greedy answer: None when the
+    two are the same tokens, else `torch_divergence_gap` (gates.ExportCheck gathers these)."""
+    reference = torch_greedy(model, prompt, eog, max_new_tokens)
+    if reference == list(answer):
+        return None
+    return torch_divergence_gap(model, prompt, reference, answer, eog)
