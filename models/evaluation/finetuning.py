@@ -64,6 +64,14 @@ def unavailable_reason() -> str | None:
     return None
 
 
+# Settings left out of a cached fine-tune's key because they cannot change the model it holds: threads change the
+# speed, not what a step computes; the agreement settings shape only the release cycle's export check, after
+# training. (The gates' settings are read after training too, but were in the key before this list existed;
+# they stay, so that models cached before it keep their keys.)
+_NOT_WHAT_IS_TRAINED = frozenset({"finetune_threads", "finetune_agreement_prompts",
+                                  "finetune_agreement_margin_nats"})
+
+
 class BudgetedFineTuner:
     """models/finetune's curate -> train -> export -> quantize, each run within a training budget; models kept in
     `cache_dir` (None: no cache, the model is written to `work_dir`)."""
@@ -76,7 +84,7 @@ class BudgetedFineTuner:
     def cache_key(self, curated: Any) -> str:
         digest = hashlib.sha256()
         tuning = {k: str(v) for k, v in self.settings.model_dump().items() if k.startswith("finetune_")
-                  and k not in ("finetune_threads",)}  # threads change the speed, not what a step computes
+                  and k not in _NOT_WHAT_IS_TRAINED}
         digest.update(orjson.dumps({"base": self.base_version or str(self.base), "budget_s": self.budget_s,
                                     "settings": tuning}, option=orjson.OPT_SORT_KEYS))
         for example in curated.examples:

@@ -21,6 +21,7 @@ COLUMNS = ("strategy", "hit@1 [95% CI]", "Δ hit@1 vs count [95% CI]", "hit@3 [9
            "validity", "exact match (free gen.)", "update CPU s", "LLM inferences", "model updates",
            "pairs a full table re-infers", "lag p50 (s)", "update cadence")
 DIMENSION_TITLES = {"support": "pair support in the serving knowledge (transitions)",
+                    "sparse": "sparse pairs (support < 5, issue 13's target 2) vs the rest",
                     "retrieved": "the user's next novel cluster vs the pair's top-3 retrieved next clusters",
                     "anchor": "case anchor"}
 

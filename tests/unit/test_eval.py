@@ -33,7 +33,7 @@ from models.evaluation.protocol import (
     recent_items,
     request_cases,
 )
-from models.evaluation.strata import IN_TOP3, OUTSIDE_TOP3, strata_of, support_bin
+from models.evaluation.strata import DENSE, IN_TOP3, OUTSIDE_TOP3, SPARSE, strata_of, support_bin
 from models.evaluation.strategies import BASE, FINETUNE, LlmTableStrategy
 from models.prompts import Knowledge
 from models.counts import DAY_S
@@ -262,10 +262,16 @@ def test_an_answer_is_consistent() -> None:
 def test_strata_come_from_the_knowledge_not_from_any_answer() -> None:
     knowledge = Snapshot({("c0", "c1"): [("c0", 9), ("c4", 5), ("c2", 3), ("c3", 2), ("c5", 1)]}, (), "k")
     inside = strata_of(case(next_novel="c3"), knowledge)
-    assert inside == {"support": "≥20", "retrieved": IN_TOP3, "anchor": "point"}  # c0 is in the pair: c4 c2 c3
+    assert inside == {"support": "≥20", "sparse": DENSE, "retrieved": IN_TOP3,
+                      "anchor": "point"}  # c0 is in the pair: c4 c2 c3
     outside = strata_of(case(next_novel="c5"), knowledge)
     assert outside["retrieved"] == OUTSIDE_TOP3
-    assert strata_of(case(pair=("c2", "c3")), knowledge)["support"] == "0"
+    unseen = strata_of(case(pair=("c2", "c3")), knowledge)
+    assert (unseen["support"], unseen["sparse"]) == ("0", SPARSE)
+    few = Snapshot({("c0", "c1"): [("c4", 3), ("c2", 1)]}, (), "k")
+    assert strata_of(case(next_novel="c2"), few)["sparse"] == SPARSE  # 4 transitions: below 5
+    assert strata_of(case(next_novel="c2"), Snapshot({("c0", "c1"): [("c4", 3), ("c2", 2)]}, (), "k")
+                     )["sparse"] == DENSE
     assert [support_bin(n) for n in (0, 1, 4, 5, 19, 20)] == ["0", "1–4", "1–4", "5–19", "5–19", "≥20"]
 
 
@@ -597,7 +603,8 @@ def test_report_writes_every_table_and_plot(tmp_path) -> None:
     for name, hits in (("rag", "ab"), ("count", "abc"), ("backoff", "abcd")):
         result = StrategyResult(name, name, "", name == "rag", True, None)
         for k, user in enumerate("abcdef"):
-            strata = {"support": "≥20" if k % 2 else "0", "retrieved": IN_TOP3, "anchor": "point"}
+            strata = {"support": "≥20" if k % 2 else "0", "sparse": DENSE if k % 2 else SPARSE,
+                      "retrieved": IN_TOP3, "anchor": "point"}
             result.outcomes.append(m.Outcome((user, 1), user, 1, f"c{k % 3}", user in hits, False, True,
                                              hit3=None if name == "rag" else True,
                                              log_loss=0.7 if name == "backoff" else None, novelty=2.0 + k,
@@ -628,3 +635,23 @@ def test_report_writes_every_table_and_plot(tmp_path) -> None:
     assert "| rag | -0.333 [" in report and "vs backoff" in report  # against the best LLM-free strategy
     assert all(paths[name].read_bytes()[:4] == b"\x89PNG" for name in PLOTS)
     assert (tmp_path / "cache" / "runs" / "k.json").is_file()  # the results kept under the run key
+
+
+# ---------------------------------------------------------------------------------------------------- fine-tune cache
+def test_a_cached_fine_tunes_key_follows_what_is_trained_not_how_fast_or_how_it_is_checked(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from models.evaluation.finetuning import BudgetedFineTuner
+    from streams.settings import Settings
+
+    def key(**overrides: object) -> str:
+        settings = Settings(data_dir=tmp_path, **overrides)
+        tuner = BudgetedFineTuner(settings, clusters(), tmp_path / "base.gguf", tmp_path, 240.0,
+                                  base_version="base-v1")
+        return tuner.cache_key(SimpleNamespace(examples=[]))
+
+    reference = key()
+    assert key(finetune_threads=7) == reference
+    assert key(finetune_agreement_prompts=300, finetune_agreement_margin_nats=0.1) == reference
+    assert key(finetune_lora_rank=4) != reference
+    assert key(finetune_seed=99) != reference
