@@ -12,7 +12,7 @@ import orjson
 from models.evaluation.costs import median
 from models.evaluation.strata import DIMENSIONS
 
-REPORT, RESULTS = "report.md", "results.json"
+REPORT, RESULTS, ANSWERS = "report.md", "results.json", "answers.jsonl"
 HIT_PLOT, LAG_PLOT = "hit_rate_over_time.png", "refresh_lag.png"
 NOVELTY_PLOT, STRATA_PLOT = "hit_vs_novelty.png", "hit_by_stratum.png"
 PLOTS = (HIT_PLOT, LAG_PLOT, NOVELTY_PLOT, STRATA_PLOT)
@@ -145,7 +145,7 @@ def drift_table(result: Any) -> str:
 
 def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out_dir / REPORT, "results": out_dir / RESULTS}
+    paths = {"report": out_dir / REPORT, "results": out_dir / RESULTS, "answers": out_dir / ANSWERS}
     paths.update({name: out_dir / name for name in PLOTS})
     _plot_hits(result, paths[HIT_PLOT])
     _plot_lags(result, paths[LAG_PLOT])
@@ -154,12 +154,26 @@ def write_report(result: Any, out_dir: Path) -> dict[str, Path]:
     data = orjson.dumps(as_json(result), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     paths["results"].write_bytes(data)
     paths["report"].write_text(_markdown(result), encoding="utf-8")
+    _write_answers(result, paths["answers"])
     cache_dir = result.totals.get("cache_dir")
     if cache_dir:  # every run's results, by its key (code version + configuration + settings)
         keyed = Path(cache_dir) / "runs" / f"{result.totals['run_key']}.json"
         keyed.parent.mkdir(parents=True, exist_ok=True)
         keyed.write_bytes(data)
     return paths
+
+
+def _write_answers(result: Any, path: Path) -> None:
+    """Every strategy's answer to every case, one JSON line each: what a reader needs to check a table, or to ask
+    a question the report does not (which clusters one strategy serves and another never does)."""
+    with path.open("wb") as out:
+        for s in result.strategies:
+            for o in s.outcomes:
+                out.write(orjson.dumps({
+                    "strategy": s.name, "case": [str(part) for part in o.key], "user": o.user_id, "point": o.point,
+                    "cluster": o.cluster, "hit": o.hit, "hit3": o.hit3, "log_loss": o.log_loss,
+                    "item_hit": o.item_hit, "valid": o.valid, "long_tail": o.long_tail, "strata": dict(o.strata),
+                }) + b"\n")
 
 
 def _intervals(values: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import itertools
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 from models.clusters import Cluster, ClusterSet
@@ -635,6 +636,11 @@ def test_report_writes_every_table_and_plot(tmp_path) -> None:
     assert "| rag | -0.333 [" in report and "vs backoff" in report  # against the best LLM-free strategy
     assert all(paths[name].read_bytes()[:4] == b"\x89PNG" for name in PLOTS)
     assert (tmp_path / "cache" / "runs" / "k.json").is_file()  # the results kept under the run key
+    answers = [orjson.loads(line) for line in paths["answers"].read_bytes().splitlines()]
+    assert len(answers) == sum(len(r.outcomes) for r in results)  # every answer of every strategy, once
+    backoff = [a for a in answers if a["strategy"] == "backoff"]
+    assert [a["hit"] for a in backoff] == [u in "abcd" for u in "abcdef"]
+    assert backoff[1]["strata"]["sparse"] == DENSE and backoff[1]["log_loss"] == pytest.approx(0.7)
 
 
 # ---------------------------------------------------------------------------------------------------- fine-tune cache
