@@ -50,7 +50,12 @@ class KnowledgeSync:
         if not changed:
             return 0
         if self.store is None:
-            self.store = await self._run(self.open_store)
+            try:
+                self.store = await self._run(self.open_store)
+            except Exception as exc:  # e.g. a commit conflict with another opener: the changes wait for the next round
+                self._failed(f"opening the knowledge store: {type(exc).__name__}")
+                log.exception("opening the knowledge store failed; will retry")
+                return 0
         store = self.store
         started = self.clock()
         updates, hints = [], []
@@ -67,12 +72,15 @@ class KnowledgeSync:
             for state, pairs, trends_changed in hints:
                 state.changed_pairs |= pairs
                 state.trends_changed |= trends_changed
-            self.failures += 1
-            self.metrics.knowledge_sync_failures.inc()
-            self.health.send_retried(f"knowledge sync of partitions {[p for p, _ in changed]}: {type(exc).__name__}")
+            self._failed(f"knowledge sync of partitions {[p for p, _ in changed]}: {type(exc).__name__}")
             log.exception("knowledge sync of partitions %s failed; will retry", [p for p, _ in changed])
         self.metrics.knowledge_sync_seconds.observe(self.clock() - started)
         return written
+
+    def _failed(self, what: str) -> None:
+        self.failures += 1
+        self.metrics.knowledge_sync_failures.inc()
+        self.health.send_retried(what)
 
     def release(self, partitions: list[int]) -> None:
         # Another worker writes these partitions' rows from now on: our memory of what we wrote there is stale.

@@ -432,6 +432,30 @@ def test_the_syncer_writes_a_rounds_changed_partitions_at_once_from_its_thread_a
     asyncio.run(scenario())
 
 
+def test_a_store_that_fails_to_open_is_retried_at_the_next_round_without_stopping_the_worker() -> None:
+    # Seen: two threads of a worker opening LanceDB on a fresh data dir raced (a commit conflict in create_table); the
+    # sync's timer raised and the whole worker stopped.
+    async def scenario() -> None:
+        metrics, health, store = Metrics(), Health(), FakeStore()
+        held = {0: FakePartitionState(changed_pairs={("c1", "c2")})}
+        attempts = []
+
+        def open_store() -> FakeStore:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise RuntimeError("lance error: Incompatible transaction")
+            return store
+
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-writer")
+        sync = KnowledgeSync(SimpleNamespace(held=lambda: held), open_store, executor, metrics, health)  # type: ignore[arg-type]
+        assert await sync.sync() == 0
+        assert held[0].changed_pairs == {("c1", "c2")} and sync.failures == 1 and health.send_retries == 1
+        assert await sync.sync() == 1 and store.written == [(0, {("c1", "c2")})] and len(attempts) == 2
+        executor.shutdown()
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------------------------------------- model watcher
 class FakeLoader:
     def __init__(self) -> None:
