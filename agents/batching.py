@@ -20,6 +20,9 @@ Overridden Faust code (pinned by tests/unit/test_batching.py, which fails when a
   (or, before the first commit, the first offset fetched after the last seek).
 * `Consumer._wait_next_records` -- records already fetched for the app's latency topics (recommendation
   requests) are taken before any others, so a request does not wait behind a prefetched backlog of interactions;
+  and while the bulk topics' agents hold `ExplorerApp.max_queued_records` records not yet acked, their partitions
+  are not fetched from (EXPLORER_CONSUMER_MAX_QUEUED_RECORDS): the backlog stays at the broker, not in the worker's
+  memory, where every full garbage collection walked it;
 * `ThreadDelegateConsumer._commit` -- after a crash, Faust's stop path still commits (`wait_empty`), but the crash has
   already stopped the consumer's thread, so that commit waited forever on a queue nobody reads and the failed worker
   never exited. A crashed consumer commits nothing: what was acked is durable, and a restart re-reads from the last
@@ -53,6 +56,10 @@ from faust.utils.functional import consecutive_numbers
 from mode.utils.futures import notify
 
 log = logging.getLogger(__name__)
+
+# While the bulk agents' queues are full, how long a fetch waits for a request before the consumer looks again
+# whether the agents made room (a queue of thousands of records outlasts it many times).
+SATURATED_POLL_S = 0.01
 
 
 class SourceRecord:
@@ -107,6 +114,12 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         # committed yet) and the last one (fetches re-deliver nothing before it).
         self._first_delivered: dict[TP, int] = {}
         self._last_delivered: dict[TP, int] = {}
+        # Batches of the bulk topics (batch topics that are not latency topics) handed to their agents and not yet
+        # acked: id(batch) -> (consumer generation, records). Their total bounds what the worker holds in memory.
+        self._queued: dict[int, tuple[int | None, int]] = {}
+        self._queued_total = 0
+        self._queued_generation: int | None = None
+        self.saturated_fetches = 0  # fetches that left the bulk partitions out: their agents had enough queued
 
     # ------------------------------------------------------------------ fetching
     def _new_consumer_thread(self) -> PromptFetchConsumerThread:
@@ -117,6 +130,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         batch_topics: frozenset[str] = getattr(self.app, "batch_topics", frozenset())
+        latency_topics: frozenset[str] = getattr(self.app, "latency_topics", frozenset())
         to_message = self._to_message
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -146,8 +160,14 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                         continue
                     if tp.topic in batch_topics:
                         batch = RecordBatch(tp, fresh, generation_id)  # aiokafka's records, as they are
+                        bounded = tp.topic not in latency_topics
+                        if bounded:
+                            self._queue(batch)
                         self._delivering(tp, batch.first_offset)
-                        await self.wait_first(callback(batch), self.suspend_flow.wait())
+                        handoff = callback(batch)
+                        waited = await self.wait_first(handoff, self.suspend_flow.wait())
+                        if bounded and handoff not in waited.done:  # not handed over: it will never be acked
+                            self._unqueue(batch)
                         self._delivered(tp, batch.offset)
                         continue
                     for count, record in enumerate(fresh, 1):
@@ -174,16 +194,25 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
     async def _next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
-        """Faust's `_wait_next_records`, with the app's latency topics served first: records already fetched for
-        them are taken before any others, so a request never waits behind a prefetched backlog of interactions."""
+        """Faust's `_wait_next_records`, with two changes: records already fetched for the app's latency topics are
+        taken before any others, so a request never waits behind a prefetched backlog of interactions; and while
+        the bulk topics' agents hold `app.max_queued_records` records not yet acked, none of their partitions is
+        fetched from (the backlog stays at the broker, see `_queued_records`)."""
         urgent_topics: frozenset[str] = getattr(self.app, "latency_topics", frozenset())
-        if not urgent_topics or not self.flow_active or self.app.client_only:
+        saturated = self._saturated()
+        if not (urgent_topics or saturated) or not self.flow_active or self.app.client_only:
             return await self._wait_next_records(timeout)
         try:
             self.not_waiting_next_records.set()
             active = self._get_active_partitions()
+            if saturated:
+                self.saturated_fetches += 1
+                bulk = getattr(self.app, "batch_topics", frozenset()) - urgent_topics
+                active = {tp for tp in active if tp.topic not in bulk}
+                # Wake soon to see whether the agents made room; a request that arrives meanwhile wakes it at once.
+                timeout = min(timeout, SATURATED_POLL_S)
             if not active:
-                await self.sleep(1)
+                await self.sleep(SATURATED_POLL_S if saturated else 1)
                 return {}, active
             urgent = {tp for tp in active if tp.topic in urgent_topics}
             if urgent:
@@ -193,6 +222,41 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             return await self._getmany(active_partitions=active, timeout=timeout), active
         finally:
             self.not_waiting_next_records.set()
+
+    # ------------------------------------------------------------------ the bound on queued records
+    def _saturated(self) -> bool:
+        limit = getattr(self.app, "max_queued_records", None)
+        return limit is not None and self._queued_records() >= limit
+
+    def _queued_records(self) -> int:
+        """Records of the bulk topics handed to their agents and not yet acked, in the current generation.
+
+        Without a bound the consumer hands over every fetched run at once: a worker behind a full-speed replay held
+        ~200,000 fetched records in its agent's queue -- seconds of work, each record a tracked object that every
+        full garbage collection walked (69-93 ms pauses of the whole worker, 8 of them while 90,000 events were
+        ingested). Batches of an older generation are skipped by Faust's iterator, so they stop counting."""
+        generation = self.app.consumer_generation_id
+        if generation != self._queued_generation:
+            self._queued = {key: entry for key, entry in self._queued.items() if entry[0] == generation}
+            self._queued_total = sum(count for _, count in self._queued.values())
+            self._queued_generation = generation
+        return self._queued_total
+
+    @property
+    def queued_records(self) -> int:
+        return self._queued_records()
+
+    def _queue(self, batch: RecordBatch) -> None:
+        self._unqueue(batch)  # an id of a batch that is gone may be reused
+        self._queued_records()
+        self._queued[id(batch)] = (batch.generation_id, len(batch.records))
+        if batch.generation_id == self._queued_generation:
+            self._queued_total += len(batch.records)
+
+    def _unqueue(self, batch: Message) -> None:
+        entry = self._queued.pop(id(batch), None)
+        if entry is not None and entry[0] == self._queued_generation:
+            self._queued_total -= entry[1]
 
     def _fresh(self, tp: TP, records: list[Any]) -> list[Any]:
         """The records not delivered yet: after the last one delivered, or from the position of the last seek."""
@@ -254,6 +318,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     def ack(self, message: Message) -> bool:
         if not isinstance(message, RecordBatch):
             return super().ack(message)
+        self._unqueue(message)  # processed, or skipped by the iterator: either way no longer the agent's to do
         with ack_lock:
             # Faust's stream iterator acks events it *skips* (flow control stopped, an older consumer generation):
             # a batch is acked only once processed, else its records are fetched again after the seek that follows.
@@ -357,6 +422,7 @@ class ExplorerApp(faust.App):
     latency_topics: frozenset[str] = frozenset()  # fetched records of these are taken first
     prefetch_backoff_s: float | None = None  # None: aiokafka's own (PromptFetchConsumerThread)
     fetch_max_wait_s: float | None = None  # None: Faust's 1.5 s (PromptFetchConsumerThread)
+    max_queued_records: int | None = None  # None: no bound on the bulk topics' fetched, unacked records
 
     def use_batches_for(self, topics: Iterable[str]) -> None:
         self.batch_topics = frozenset(self.batch_topics | set(topics))

@@ -14,7 +14,7 @@ import faust
 
 from agents import ingest, knowledge_sync, pair_refresh, recommender
 from agents.acks import Acker
-from agents.batching import ExplorerApp
+from agents.batching import BatchingConsumer, ExplorerApp
 from agents.health import Health
 from agents.priority import Priority
 from agents.outbox import Outbox
@@ -107,6 +107,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     )
     app.prefetch_backoff_s = settings.consumer_prefetch_backoff_s
     app.fetch_max_wait_s = settings.consumer_fetch_max_wait_s
+    app.max_queued_records = settings.consumer_max_queued_records
     metrics = Metrics()
     health = Health(recent_s=settings.health_degraded_window_s, exit_deadline_s=settings.fatal_exit_deadline_s)
     context = AppContext(settings=settings, metrics=metrics, health=health)
@@ -274,9 +275,16 @@ def _register_upkeep(app: ExplorerApp, context: AppContext, acker: Acker,
     metrics, health = context.metrics, context.health
     interactions = context.topics["interactions"]
 
+    saturated_reported = [0]
+
     @app.timer(2.0)
     async def report_progress() -> None:
         lag = context.ingest.report_lag(app.consumer) if context.ingest else 0.0
+        consumer = app.consumer
+        if isinstance(consumer, BatchingConsumer):
+            metrics.consumer_queued_records.set(consumer.queued_records)
+            metrics.consumer_saturated_fetches.inc(consumer.saturated_fetches - saturated_reported[0])
+            saturated_reported[0] = consumer.saturated_fetches
         health.observe(metrics.events_in._value.get() + metrics.requests_in._value.get(), lag)
         if context.states is not None:
             for outcome, value in context.states.stats().as_dict().items():

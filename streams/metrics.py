@@ -27,6 +27,16 @@ class Metrics:
             "explorer_consumer_lag", "Records behind the partition's high-water mark", ["topic", "partition"],
             registry=r,
         )
+        self.consumer_queued_records = Gauge(
+            "explorer_consumer_queued_records",
+            "Fetched interactions records handed to the ingest agent and not yet acked (bounded by "
+            "EXPLORER_CONSUMER_MAX_QUEUED_RECORDS)", registry=r,
+        )
+        self.consumer_saturated_fetches = Counter(
+            "explorer_consumer_saturated_fetches",
+            "Fetches that left the interactions partitions out because the ingest agent had enough queued "
+            "(the backlog waited at the broker)", registry=r,
+        )
         self.event_latency = Histogram(
             "explorer_event_latency_seconds", "Broker append time to processed, of each batch's oldest record",
             buckets=_LATENCY_BUCKETS, registry=r,

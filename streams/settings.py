@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     fatal_exit_deadline_s: float = Field(30.0, gt=0)
     # Records fetched per poll: the largest run of one partition an agent takes as one batch (agents/batching.py).
     stream_batch_size: int = Field(2_000, ge=1)
+    # At most this many fetched records of interactions (and its repartition topic) wait in the ingest agent's queue;
+    # beyond it the consumer fetches only requests until the agent catches up, and the backlog waits at the broker.
+    # Unbounded, a worker behind a full-speed replay held ~200,000 records in memory, which every full garbage
+    # collection walked (agents/batching.py). ~0.6 s of the full pipeline's work, ~0.2 s of validation only; at
+    # 10,000 validation only lost ~9% of its catch-up rate (bench.ingest).
+    consumer_max_queued_records: int = Field(20_000, ge=1)
     # The producer's linger. Small: batches of a unit are built by the outbox itself (agents/outbox.py), so waiting
     # only adds latency to answers (20 ms here cost each table hit 40 ms: two delivery rounds).
     producer_linger_s: float = Field(0.001, ge=0)

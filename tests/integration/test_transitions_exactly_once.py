@@ -41,7 +41,8 @@ def assert_counts_match_reference(settings, ratings):
 
 
 def test_full_movielens_replay_matches_the_reference(counting_settings, movielens_dir, tmp_path):
-    settings = counting_settings
+    # A bound one full fetch reaches: the consumer stops and resumes fetching interactions all through the replay.
+    settings = counting_settings.model_copy(update={"consumer_max_queued_records": 2_000})
     ratings = load_ratings(movielens_dir)
     clusters = load_serving(settings)
     expected = reference_counts(ratings, clusters.cluster_of, settings)
@@ -56,6 +57,10 @@ def test_full_movielens_replay_matches_the_reference(counting_settings, movielen
         wait_until(while_alive(worker, lambda: caught_up(settings)), 600, "the worker to commit the whole replay",
                    poll_s=1.0)
         assert worker.alive(), worker.log_tail()
+        # The replay outran the agent: the consumer held the backlog at the broker (a fetch or two queued in the
+        # worker at most, then nothing fetched until the agent acked) and still nothing was lost (the counts below).
+        wait_until(lambda: worker.metric("explorer_consumer_saturated_fetches_total") > 0, 10,
+                   "the worker to report fetches that left interactions out (a full queue)", poll_s=0.5)
         # The knowledge sync runs on its own cadence: retrieval (RAG) converges to the exact counts.
         wait_until(retrieval_matches, 60, "LanceDB retrieval to match the reference counts", poll_s=0.5)
         assert worker.alive(), worker.log_tail()

@@ -37,6 +37,9 @@ PINNED = {
     # applies them
     (Fetcher, "__init__"): "bf21ecb7e0f210b7",
     (Fetcher, "_get_actions_per_node"): "1dab2cf937d165d0",
+    # ... and the one that returns only the partitions asked for, keeping the others' records buffered (the bound on
+    # queued records leaves the bulk partitions out of a fetch and relies on it)
+    (Fetcher, "fetched_records"): "be4348896b9b66af",
 }
 
 
@@ -209,3 +212,58 @@ def test_a_fetcher_without_the_backoff_stops_the_start_loudly(monkeypatch) -> No
         _start_thread(monkeypatch, 0.01, object())
     with pytest.raises(RuntimeError, match="_fetch_max_wait_ms"):
         _start_thread(monkeypatch, None, object(), app_fetch_wait=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- the queue bound
+REQUESTS = "requests"
+R0 = TP(REQUESTS, 0)
+
+
+def test_queued_records_count_until_acked_processed_or_skipped_and_an_old_generation_stops_counting(
+        consumer: BatchingConsumer) -> None:
+    consumer.app.consumer_generation_id = 1  # type: ignore[misc]
+    first, second, third = batch(0, 4), batch(5, 7), batch(8, 9)
+    for queued in (first, second, third):
+        consumer._queue(queued)
+    assert consumer.queued_records == 10
+    assert consumer.ack_processed(first) and consumer.queued_records == 5
+    assert second.ack(consumer) is False  # skipped by Faust's iterator: never processed, not queued any more
+    assert consumer.queued_records == 2
+    newer = batch(10, 12, generation=2)
+    consumer._queue(newer)
+    consumer.app.consumer_generation_id = 2  # type: ignore[misc]  # a rebalance: the iterator skips generation 1
+    assert consumer.queued_records == 3
+    consumer._queue(third)  # the same batch handed over again counts once
+    consumer.app.consumer_generation_id = 1  # type: ignore[misc]
+    assert consumer.queued_records == 2
+
+
+def test_a_saturated_consumer_fetches_only_requests_and_looks_again_soon(consumer: BatchingConsumer) -> None:
+    app = consumer.app
+    app.batch_topics = frozenset({TOPIC, REQUESTS})  # type: ignore[attr-defined]
+    app.latency_topics = frozenset({REQUESTS})  # type: ignore[attr-defined]
+    app.max_queued_records = 5  # type: ignore[attr-defined]
+    app.consumer_generation_id = 1  # type: ignore[misc]
+    other = TP("changelog", 0)  # a topic outside the bulk ones (a table's changelog) is fetched as before
+    consumer._get_active_partitions = lambda: {P0, R0, other}  # type: ignore[method-assign]
+    calls: list[tuple[set, float]] = []
+
+    async def getmany(active_partitions: set, timeout: float) -> dict:
+        calls.append((set(active_partitions), timeout))
+        return {}
+
+    consumer._getmany = getmany  # type: ignore[method-assign]
+    loop = asyncio.get_event_loop()
+    held = batch(0, 3)  # alive, as a batch in the agent's queue is (the tally is by object identity)
+    consumer._queue(held)  # 4 queued, under the bound
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls == [({R0}, 0), ({P0, R0, other}, 1.0)] and consumer.saturated_fetches == 0
+    calls.clear()
+    queued = batch(4, 4)
+    consumer._queue(queued)  # 5: the bound
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls == [({R0}, 0), ({R0, other}, 0.01)] and consumer.saturated_fetches == 1
+    calls.clear()
+    consumer.ack_processed(queued)
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls[-1] == ({P0, R0, other}, 1.0)
