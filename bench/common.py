@@ -1,9 +1,12 @@
-"""Shared bench plumbing: an isolated topic set on the configured broker, and result printing."""
+"""Shared bench plumbing: an isolated topic set on the configured broker, a background replay, result printing."""
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing
+import threading
 import uuid
+from typing import Any
 
 from streams.settings import Settings
 from streams.topics import create_topics, delete_deployment_topics
@@ -24,6 +27,41 @@ def _delete_topics(settings: Settings) -> None:
         delete_deployment_topics(settings)
     except Exception as exc:  # noqa: BLE001 -- the bench's numbers are printed; leftovers only cost broker start-up
         print(f"could not delete the bench's topics ({settings.topic_prefix}*): {exc}")
+
+
+class BackgroundReplay:
+    """Synthetic events (streams.loadgen) published in the background while a bench measures something else.
+
+    By default from a process of its own, as an upstream service publishes: from a thread of the bench's process
+    (`in_process`, how the benches did it before) the timed client shares one GIL with a publisher running at full
+    speed, and its own send and receive wait for it -- time that is then counted as the worker's latency. The
+    machine's cores are shared either way."""
+
+    def __init__(self, settings: Settings, count: int, rate: float | None, *, in_process: bool = False,
+                 **events: Any) -> None:
+        args = (settings, count, rate, events)
+        self.in_process = in_process
+        self._runner: threading.Thread | multiprocessing.process.BaseProcess = (
+            threading.Thread(target=_publish_synthetic, args=args, daemon=True) if in_process
+            else multiprocessing.get_context("spawn").Process(target=_publish_synthetic, args=args, daemon=True))
+
+    def start(self) -> None:
+        self._runner.start()
+
+    def is_alive(self) -> bool:
+        return self._runner.is_alive()
+
+    def join(self) -> None:
+        self._runner.join()
+        if isinstance(self._runner, multiprocessing.process.BaseProcess) and self._runner.exitcode != 0:
+            raise RuntimeError(f"the replay's publisher process failed (exit code {self._runner.exitcode})")
+
+
+def _publish_synthetic(settings: Settings, count: int, rate: float | None, events: dict[str, Any]) -> None:
+    from streams.loadgen import synthetic_events
+    from streams.replay import publish_events
+
+    publish_events(settings, synthetic_events(count, **events), rate=rate)
 
 
 def print_table(rows: list[tuple[str, str]]) -> None:

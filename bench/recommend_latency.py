@@ -12,6 +12,9 @@ pair table's bulk throughput.
    sequence-model mass per cluster), the worker is restarted once more with "llm" (a hit serves the row's own
    answer, the path before) and the same hits are timed again: the baseline of the ratio, in the same run.
 
+5. With ``--under-replay N`` the table hits are timed again while N synthetic events are published at full speed
+   from a process of its own (an upstream service; ``--replay-in-process``: a thread of this process, as before).
+
     python -m bench.recommend_latency [--ratings 20000] [--hits 200] [--under-replay 300000]
 
 Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`). Prints p50/p95/p99 per source.
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.common import histogram_mean_ms, isolated, print_table
+from bench.common import BackgroundReplay, histogram_mean_ms, isolated, print_table
 from models.clusters import build_clusters
 from models.knowledge import KnowledgeStore
 from models.llm import NovelClusterPredictor
@@ -95,6 +98,9 @@ def main() -> None:
                              "speed (the worker ingesting meanwhile)")
     parser.add_argument("--replay-rate", type=float, default=None,
                         help="events/s of that replay (default: as fast as the producer goes)")
+    parser.add_argument("--replay-in-process", action="store_true",
+                        help="publish that replay from a thread of this process, as the bench did before (the timed "
+                             "client then shares its GIL with the publisher); default: a process of its own")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,13 +143,9 @@ def main() -> None:
             misses = timed_requests(settings, miss_users)
             loaded = None
             if args.under_replay:
-                import threading
-
-                from streams.loadgen import synthetic_events
-
-                replay = threading.Thread(target=publish_events, args=(settings, synthetic_events(
-                    args.under_replay, users=5_000, seed=99, start_ts=893_300_000.0, user_prefix="load-")),
-                    kwargs={"rate": args.replay_rate}, daemon=True)
+                replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
+                                          in_process=args.replay_in_process, users=5_000, seed=99,
+                                          start_ts=893_300_000.0, user_prefix="load-")
                 before = worker.metrics()
                 replay.start()
                 wait_until(lambda: worker.metric("explorer_events_in_total") > args.ratings + 1_000, 60,
@@ -172,7 +174,9 @@ def main() -> None:
                      baseline))
     if loaded is not None:
         pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
-        runs.append((f"table hits during a replay at {pace} ({ingested:,.0f} events ingested meanwhile)", loaded))
+        publisher = "a thread of the bench" if args.replay_in_process else "its own process"
+        runs.append((f"table hits during a replay at {pace} from {publisher} ({ingested:,.0f} events ingested "
+                     "meanwhile)", loaded))
     for name, results in runs:
         sources = {s: sum(1 for r in results if r.source == s) for s in ("table", "llm", "fallback")}
         rows.append((name, f"n={len(results)} {spread([r.total_ms for r in results])}; sources {sources}"))
