@@ -233,8 +233,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
         Without a bound the consumer hands over every fetched run at once: a worker behind a full-speed replay held
         ~200,000 fetched records in its agent's queue -- seconds of work, each record a tracked object that every
-        full garbage collection walked (69-93 ms pauses of the whole worker, 8 of them while 90,000 events were
-        ingested). Batches of an older generation are skipped by Faust's iterator, so they stop counting."""
+        full garbage collection walked (69-121 ms pauses of the whole worker, 7-8 of them while 60,000-90,000 events
+        were ingested). Batches of an older generation are skipped by Faust's iterator, so they stop counting."""
         generation = self.app.consumer_generation_id
         if generation != self._queued_generation:
             self._queued = {key: entry for key, entry in self._queued.items() if entry[0] == generation}
