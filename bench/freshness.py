@@ -6,7 +6,7 @@ until that count has grown by one. Prints p50/p95 and the LanceDB fragment count
 
 Two phases in one run: probes on an idle worker (the baseline), then probes while a replay of `--under-replay`
 synthetic events (event time up to now, other users) is published at full speed (or `--replay-rate`) into the same
-topic: a probe then waits behind whatever backlog its partition has, which is what freshness under load means. It
+topic, from a process of its own (`--replay-in-process`: a thread of this one, as before): a probe then waits behind whatever backlog its partition has, which is what freshness under load means. It
 also prints how many events the worker ingested while the replay was published and how long after the last one
 it had ingested them all (its catch-up: at full speed the publisher and the worker race for the same cores).
 
@@ -24,12 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import histogram_mean_ms, isolated, print_table
+from bench.common import BackgroundReplay, histogram_mean_ms, isolated, print_table
 from models.clusters import build_clusters
 from models.knowledge import KnowledgeStore
 from streams.records import InteractionEvent
-from streams.loadgen import synthetic_events
-from streams.replay import make_producer, publish_events
+from streams.replay import make_producer
 from streams import codec
 from streams.settings import Settings
 from streams.topics import INTERACTIONS, topic_name
@@ -42,6 +41,9 @@ def main() -> None:
     parser.add_argument("--under-replay", type=int, default=300_000, metavar="EVENTS",
                         help="then probe again while this many events are replayed (0: idle phase only)")
     parser.add_argument("--replay-rate", type=float, default=None, help="events/s of that replay (default: full speed)")
+    parser.add_argument("--replay-in-process", action="store_true",
+                        help="publish that replay from a thread of this process, as the bench did before (the probes "
+                             "then share its GIL); default: a process of its own")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,25 +81,32 @@ def main() -> None:
             before_replay = worker.metrics()
             if args.under_replay:
                 now = time.time()  # the replay's event time ends now: nothing of it is late next to the probes
-                events = synthetic_events(args.under_replay, users=5_000, seed=5, start_ts=now - 3_600.0,
-                                          mean_gap_s=3_600.0 / args.under_replay, user_prefix="load-")
+                replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
+                                          in_process=args.replay_in_process, users=5_000, seed=5,
+                                          start_ts=now - 3_600.0, mean_gap_s=3_600.0 / args.under_replay,
+                                          user_prefix="load-")
                 published: dict[str, float] = {}
 
-                def publish() -> None:  # notes when the last event went out, and what the worker had ingested then
-                    publish_events(settings, events, rate=args.replay_rate)
+                def note_the_end() -> None:  # when the last event went out, and what the worker had ingested then
+                    try:
+                        replay.join()
+                    except RuntimeError as exc:
+                        published["failed"] = str(exc)  # type: ignore[assignment]
+                        return
                     published["at"] = time.perf_counter()
                     published["ingested"] = worker.metric("explorer_events_in_total")
 
-                replay = threading.Thread(target=publish, daemon=True)
                 started = time.perf_counter()
                 replay.start()
+                watcher = threading.Thread(target=note_the_end, daemon=True)
+                watcher.start()
                 n = 0
-                while replay.is_alive():  # probes only while the replay is being published
+                while watcher.is_alive():  # probes only while the replay is being published
                     loaded.append(probe(f"loaded-{n}"))
                     n += 1
-                replay.join()
+                watcher.join()
                 if "at" not in published:
-                    raise RuntimeError("the replay's publisher failed (see its traceback above)")
+                    raise RuntimeError(f"the replay's publisher failed: {published.get('failed')}")
                 replay_seconds = published["at"] - started
                 ingested_before = before_replay.get("explorer_events_in_total", 0)
                 expected = ingested_before + args.under_replay + 3 * len(loaded)  # the probes' events too
