@@ -197,7 +197,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         """Faust's `_wait_next_records`, with two changes: records already fetched for the app's latency topics are
         taken before any others, so a request never waits behind a prefetched backlog of interactions; and while
         the bulk topics' agents hold `app.max_queued_records` records not yet acked, none of their partitions is
-        fetched from (the backlog stays at the broker, see `_queued_records`)."""
+        fetched from (the backlog stays at the broker, see `queued_records`)."""
         urgent_topics: frozenset[str] = getattr(self.app, "latency_topics", frozenset())
         saturated = self._saturated()
         if not (urgent_topics or saturated) or not self.flow_active or self.app.client_only:
@@ -226,29 +226,30 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     # ------------------------------------------------------------------ the bound on queued records
     def _saturated(self) -> bool:
         limit = getattr(self.app, "max_queued_records", None)
-        return limit is not None and self._queued_records() >= limit
+        return limit is not None and self.queued_records >= limit
 
-    def _queued_records(self) -> int:
+    @property
+    def queued_records(self) -> int:
         """Records of the bulk topics handed to their agents and not yet acked, in the current generation.
 
         Without a bound the consumer hands over every fetched run at once: a worker behind a full-speed replay held
         ~200,000 fetched records in its agent's queue -- seconds of work, each record a tracked object that every
         full garbage collection walked (69-121 ms pauses of the whole worker, 7-8 of them while 60,000-90,000 events
-        were ingested). Batches of an older generation are skipped by Faust's iterator, so they stop counting."""
+        were ingested)."""
+        self._follow_generation()
+        return self._queued_total
+
+    def _follow_generation(self) -> None:
+        # Batches of an older generation are skipped by Faust's iterator, so they stop counting.
         generation = self.app.consumer_generation_id
         if generation != self._queued_generation:
             self._queued = {key: entry for key, entry in self._queued.items() if entry[0] == generation}
             self._queued_total = sum(count for _, count in self._queued.values())
             self._queued_generation = generation
-        return self._queued_total
-
-    @property
-    def queued_records(self) -> int:
-        return self._queued_records()
 
     def _queue(self, batch: RecordBatch) -> None:
         self._unqueue(batch)  # an id of a batch that is gone may be reused
-        self._queued_records()
+        self._follow_generation()
         self._queued[id(batch)] = (batch.generation_id, len(batch.records))
         if batch.generation_id == self._queued_generation:
             self._queued_total += len(batch.records)

@@ -40,16 +40,12 @@ class BackgroundReplay:
     def __init__(self, settings: Settings, count: int, rate: float | None, *, in_process: bool = False,
                  **events: Any) -> None:
         args = (settings, count, rate, events)
-        self.in_process = in_process
         self._runner: threading.Thread | multiprocessing.process.BaseProcess = (
             threading.Thread(target=_publish_synthetic, args=args, daemon=True) if in_process
             else multiprocessing.get_context("spawn").Process(target=_publish_synthetic, args=args, daemon=True))
 
     def start(self) -> None:
         self._runner.start()
-
-    def is_alive(self) -> bool:
-        return self._runner.is_alive()
 
     def join(self) -> None:
         self._runner.join()

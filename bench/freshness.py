@@ -6,9 +6,10 @@ until that count has grown by one. Prints p50/p95 and the LanceDB fragment count
 
 Two phases in one run: probes on an idle worker (the baseline), then probes while a replay of `--under-replay`
 synthetic events (event time up to now, other users) is published at full speed (or `--replay-rate`) into the same
-topic, from a process of its own (`--replay-in-process`: a thread of this one, as before): a probe then waits behind whatever backlog its partition has, which is what freshness under load means. It
-also prints how many events the worker ingested while the replay was published and how long after the last one
-it had ingested them all (its catch-up: at full speed the publisher and the worker race for the same cores).
+topic, from a process of its own (`--replay-in-process`: a thread of this one, as before): a probe then waits
+behind whatever backlog its partition has, which is what freshness under load means. It also prints how many events
+the worker ingested while the replay was published and how long after the last one it had ingested them all (its
+catch-up: at full speed the publisher and the worker race for the same cores).
 
     python -m bench.freshness [--probes 40] [--under-replay 300000] [--replay-rate EVENTS_PER_S]
 
@@ -86,12 +87,13 @@ def main() -> None:
                                           start_ts=now - 3_600.0, mean_gap_s=3_600.0 / args.under_replay,
                                           user_prefix="load-")
                 published: dict[str, float] = {}
+                failed: list[str] = []
 
                 def note_the_end() -> None:  # when the last event went out, and what the worker had ingested then
                     try:
                         replay.join()
                     except RuntimeError as exc:
-                        published["failed"] = str(exc)  # type: ignore[assignment]
+                        failed.append(str(exc))
                         return
                     published["at"] = time.perf_counter()
                     published["ingested"] = worker.metric("explorer_events_in_total")
@@ -106,7 +108,7 @@ def main() -> None:
                     n += 1
                 watcher.join()
                 if "at" not in published:
-                    raise RuntimeError(f"the replay's publisher failed: {published.get('failed')}")
+                    raise RuntimeError(f"the replay's publisher failed: {failed}")
                 replay_seconds = published["at"] - started
                 ingested_before = before_replay.get("explorer_events_in_total", 0)
                 expected = ingested_before + args.under_replay + 3 * len(loaded)  # the probes' events too
