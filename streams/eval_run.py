@@ -231,7 +231,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
     backoff = CountBackoff(clusters, config.backoff_k, config.backoff_m)
     scores = SequenceScores(sequence, clusters, config.items_k)  # prepared for the cases after the replay
     llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days,
-                          backoff=backoff, sequence=scores)
+                          backoff=backoff, sequence=scores, seed=config.seed)
     for strategy in llms:
         if config.llm_strategies is not None and strategy.name not in config.llm_strategies:
             strategy.skipped = "skipped: not selected (EXPLORER_EVAL_LLM_STRATEGIES)"

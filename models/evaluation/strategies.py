@@ -13,6 +13,7 @@ hybrid-scores   the same, the model's whole distribution (the served candidate s
 hybrid-poe      hybrid-scores' distribution x the back-off counts (product of experts) -- same refresh rule
 hybrid-poe-seq  hybrid-poe x the sequence model's distribution for the user (per request) -- same refresh rule
 hybrid-seq      hybrid-scores' distribution x the sequence model's (per request), no counts -- same refresh rule
+hybrid-seq-sampled  hybrid-seq's distribution, the served cluster a seeded draw from it instead of its argmax
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -32,6 +33,7 @@ hold -- and the number of pairs a full-table refresh would have re-inferred is c
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,15 +163,24 @@ class ScoredTableStrategy(LlmTableStrategy):
     * ``sequence`` -- the model's distribution times the sequence model's, unweighted: the LLM in the place the
       back-off counts hold in backoff-x-sequence (the prompt already carries the retrieved counts).
 
-    The model's distribution is ``softmax(log p / temperature)`` in every mode.
+    The model's distribution is ``softmax(log p / temperature)`` in every mode. With ``sample_seed`` the served
+    cluster is a draw from the final distribution (seeded by the seed and the case) instead of its argmax: what
+    exploring by sampling costs in hit rate and buys in distinct clusters, on the same inferences.
     """
 
     combine: str = "model"
     backoff: CountBackoff | None = None  # required for "poe" and "poe-sequence"
     sequence: SequenceScores | None = None  # required for "poe-sequence" and "sequence"
     temperature: float = 1.0  # the model's log-probabilities are divided by it (> 1 flattens an over-confident model)
+    sample_seed: int | None = None  # serve a seeded draw from the distribution instead of its argmax
 
     def _answer_of(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
+        answer = self._ranked(case, state, result)
+        if self.sample_seed is None:
+            return answer
+        return sampled(answer, random.Random(f"{self.sample_seed}:{self.name}:{case.key}"))
+
+    def _ranked(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
         scores = result["scores"]
         assert isinstance(scores, Mapping)
         distribution = softmax(scores, self.temperature)
@@ -188,8 +199,16 @@ class ScoredTableStrategy(LlmTableStrategy):
         return Answer.ranked(ranking, distribution)
 
 
+def sampled(answer: Answer, rng: random.Random) -> Answer:
+    """`answer` with its served cluster drawn from its distribution (the rest of its ranking in order after it)."""
+    assert answer.distribution is not None and answer.ranking
+    ranking = answer.ranking
+    drawn = rng.choices(ranking, weights=[answer.distribution.get(c, 0.0) for c in ranking])[0]
+    return Answer.ranked([drawn, *(c for c in ranking if c != drawn)], answer.distribution)
+
+
 def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_every: int, early_gap_days: int,
-                   backoff: CountBackoff | None = None, sequence: SequenceScores | None = None
+                   backoff: CountBackoff | None = None, sequence: SequenceScores | None = None, seed: int = 0
                    ) -> list[LlmTableStrategy]:
     ft_cadence = f"a fine-tune every {finetune_every} points" if finetune_every else "one fine-tune at the split"
     early = f"one fine-tune on the data up to {early_gap_days} days before the split"
@@ -216,6 +235,10 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
         ScoredTableStrategy("hybrid-seq", "hybrid's distribution x the sequence model's (per request, no counts)",
                             FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
                             kind=SERVED_SCORES, combine="sequence", sequence=sequence),
+        ScoredTableStrategy("hybrid-seq-sampled", "hybrid-seq, the served cluster drawn from its distribution "
+                            "(seeded) instead of its argmax", FINETUNE, "stream", n_clusters, version_of,
+                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
+                            sequence=sequence, sample_seed=seed),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),
