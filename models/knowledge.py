@@ -48,7 +48,7 @@ import lancedb
 import pyarrow as pa
 
 from models.knowledge_embedding import Embedder, HashingEmbedder
-from models.lance import deployment_table, ensure_btree, lost_race, sql_str
+from models.lance import create_table, deployment_table, ensure_btree, lost_race, sql_str
 from models.knowledge_rows import (
     ALL,
     TREND_HISTORY,
@@ -158,10 +158,9 @@ class KnowledgeStore:
         self._uri, self._storage_options = uri, storage_options
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=refresh_s),
                                    storage_options=storage_options)
-        self._transitions = self._db.create_table(deployment_table(deployment, TRANSITIONS), schema=TRANSITIONS_SCHEMA,
-                                                  exist_ok=True)
+        self._transitions = create_table(self._db, deployment_table(deployment, TRANSITIONS), TRANSITIONS_SCHEMA)
         ensure_btree(self._transitions, "c1")
-        self._trends = self._db.create_table(deployment_table(deployment, TRENDS), schema=TRENDS_SCHEMA, exist_ok=True)
+        self._trends = create_table(self._db, deployment_table(deployment, TRENDS), TRENDS_SCHEMA)
         self._clusters = self._open_clusters()
         self._version_filter = f"clusters_version = {sql_str(clusters_version)}"
         self._written: dict[int, PartitionRows] = {}
@@ -180,8 +179,7 @@ class KnowledgeStore:
                    deployment=settings.deployment_id(), **options)
 
     def _open_clusters(self) -> Any:
-        table = self._db.create_table(deployment_table(self.deployment, CLUSTERS),
-                                      schema=clusters_schema(self.embedder.dim), exist_ok=True)
+        table = create_table(self._db, deployment_table(self.deployment, CLUSTERS), clusters_schema(self.embedder.dim))
         vector_type = table.schema.field("vector").type
         if vector_type != pa.list_(pa.float32(), self.embedder.dim):
             raise ValueError(f"the {CLUSTERS} table holds vectors of type {vector_type}, but the embedder "

@@ -36,7 +36,7 @@ import lancedb
 import orjson
 import pyarrow as pa
 
-from models.lance import deployment_table, sql_str
+from models.lance import create_table, deployment_table, sql_str
 from models.prompts import MAX_TOP_NEXT, MAX_TRENDING, Knowledge
 from streams.settings import DEFAULT_DEPLOYMENT
 
@@ -186,7 +186,7 @@ def _open_or_create(db: Any, name: str) -> Any:
     try:
         table = db.open_table(name)
     except ValueError:  # LanceDB's "Table ... was not found"; exist_ok: another writer may create it meanwhile
-        return db.create_table(name, schema=PAIRS_SCHEMA, exist_ok=True)
+        return create_table(db, name, PAIRS_SCHEMA)
     missing = [f for f in PAIRS_SCHEMA if f.name not in table.schema.names]
     if missing:
         table.add_columns(missing)

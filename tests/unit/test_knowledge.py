@@ -258,6 +258,52 @@ def test_writer_processes_started_together_do_not_disturb_each_other(tmp_path: P
     assert store(tmp_path).top_next("A", "B") == [("C", 40), ("D", 3)]
 
 
+def test_an_opener_that_loses_the_first_commit_of_a_table_opens_the_winners(tmp_path: Path, monkeypatch) -> None:
+    """Two openers of a fresh store both create each table; LanceDB fails the later commit ("Incompatible transaction
+    ... Overwrite"). The loser must open the table the winner made, not fail (it stopped a worker once)."""
+    import lancedb
+
+    from models import lance
+
+    winner = store(tmp_path)
+    winner.write_partition_counts(0, counts({("A", "B"): {"C": 2}}), T0, pairs={("A", "B")})
+    real = lancedb.db.LanceDBConnection.create_table
+    lost: list[str] = []
+
+    def first_commit_lost(self, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name not in lost:  # the winner's version 1 landed first; this opener's own commit is refused once
+            lost.append(name)
+            raise RuntimeError(f"lance error: Incompatible transaction: Overwrite at version 2 of {name}")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(lancedb.db.LanceDBConnection, "create_table", first_commit_lost)
+    monkeypatch.setattr(lance.time, "sleep", lambda s: None)
+    loser = store(tmp_path)
+    assert len(lost) == 3  # transitions, trends, clusters: each refused once, then opened
+    assert loser.top_next("A", "B") == [("C", 2)]
+
+
+def test_creating_a_table_gives_up_on_other_errors_and_after_its_attempts() -> None:
+    from models.lance import create_table
+
+    class Db:
+        def __init__(self, error: Exception) -> None:
+            self.error, self.calls = error, 0
+
+        def create_table(self, name, schema, exist_ok):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            raise self.error
+
+    other = Db(RuntimeError("lance error: disk full"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        create_table(other, "t", None)
+    assert other.calls == 1
+    racing = Db(RuntimeError("Commit conflict for version 3"))
+    with pytest.raises(RuntimeError, match="conflict"):
+        create_table(racing, "t", None, attempts=3, pause_s=0)
+    assert racing.calls == 3
+
+
 def test_incremental_day_window_rows_equal_a_full_write_across_days(tmp_path: Path) -> None:
     """Syncs send day-window rows of the changed pairs only while the day stays the same, and every pair's when a
     new day moves the windows: after days of that, the table holds exactly what one full write would."""
