@@ -244,7 +244,7 @@ class Settings(BaseSettings):
     # the drift variant: a fine-tune on the data up to this many days before the split (0: no such variant)
     eval_early_finetune_gap_days: int = Field(30, ge=0)
     eval_bootstrap: int = Field(1000, ge=100)  # bootstrap resamples (by user) of the 95% intervals
-    eval_seed: int = 2025  # the random baseline, the bootstrap and the validity sample
+    eval_seed: int = 2025  # the random baseline, the bootstrap, the validity sample and hybrid-seq-sampled's draws
     eval_llm_strategies: list[str] | None = None  # run only these LLM strategies (e.g. '["hybrid","hybrid-poe"]')
     eval_finetune: bool = True  # run the fine-tuning strategies (off: their rows say "skipped")
     eval_finetune_every: int = Field(3, ge=0)  # re-fine-tune every N points (0: only the initial fine-tune)

@@ -537,22 +537,22 @@ def test_a_sampled_table_serves_seeded_draws_from_the_same_distribution() -> Non
     scores = {"c2": math.log(0.6), "c3": math.log(0.3), "c4": math.log(0.1)}
     s = state(0, {pair: [("c3", 9)]}, models={FINETUNE: "ft.gguf"})
 
-    def answers(seed: int) -> list:
+    def draws(seed: int) -> list[Answer]:
         strategy = ScoredTableStrategy("m", "", FINETUNE, "stream", 5, lambda path: "v", kind="scores",
                                        combine="model", sample_seed=seed)
         cases = [case(user=f"u{t}", pair=pair) for t in range(2000)]
         return [strategy._answer_of(c, s, {"scores": scores}) for c in cases]
 
-    first = answers(7)
-    assert [a.cluster for a in first] == [a.cluster for a in answers(7)]  # reproducible
-    assert [a.cluster for a in first] != [a.cluster for a in answers(8)]
+    first = draws(7)
+    assert [a.cluster for a in first] == [a.cluster for a in draws(7)]  # reproducible
+    assert [a.cluster for a in first] != [a.cluster for a in draws(8)]
     served = Counter(a.cluster for a in first)
     assert served["c2"] / 2000 == pytest.approx(0.6, abs=0.04) and served["c4"] / 2000 == pytest.approx(0.1, abs=0.03)
     for answer in first:  # the distribution is the argmax strategy's; the ranking starts with the draw
         assert answer.distribution == pytest.approx({"c2": 0.6, "c3": 0.3, "c4": 0.1})
         assert sorted(answer.ranking) == ["c2", "c3", "c4"] and answer.ranking[0] == answer.cluster
-    drawn = sampled(first[0], random.Random(1))
-    assert drawn.distribution == first[0].distribution
+    certain = Answer.ranked(["c2", "c3"], {"c2": 0.0, "c3": 1.0})  # a cluster without mass is never drawn
+    assert {sampled(certain, random.Random(seed)).ranking for seed in range(50)} == {("c3", "c2")}
 
 
 def test_only_the_selected_llm_strategies_run() -> None:
