@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import threading
 import uuid
 from typing import Any
@@ -35,11 +36,14 @@ class BackgroundReplay:
     By default from a process of its own, as an upstream service publishes: from a thread of the bench's process
     (`in_process`, how the benches did it before) the timed client shares one GIL with a publisher running at full
     speed, and its own send and receive wait for it -- time that is then counted as the worker's latency. The
-    machine's cores are shared either way."""
+    machine's cores are shared either way; `nice` lowers the publisher process's scheduling priority (an upstream
+    service would run on machines of its own: at 19 it takes the CPU the worker and broker leave idle)."""
 
     def __init__(self, settings: Settings, count: int, rate: float | None, *, in_process: bool = False,
-                 **events: Any) -> None:
-        args = (settings, count, rate, events)
+                 nice: int = 0, **events: Any) -> None:
+        if nice and in_process:
+            raise ValueError("a publisher thread shares the bench's priority: nice needs its own process")
+        args = (settings, count, rate, events, nice)
         self._runner: threading.Thread | multiprocessing.process.BaseProcess = (
             threading.Thread(target=_publish_synthetic, args=args, daemon=True) if in_process
             else multiprocessing.get_context("spawn").Process(target=_publish_synthetic, args=args, daemon=True))
@@ -53,9 +57,13 @@ class BackgroundReplay:
             raise RuntimeError(f"the replay's publisher process failed (exit code {self._runner.exitcode})")
 
 
-def _publish_synthetic(settings: Settings, count: int, rate: float | None, events: dict[str, Any]) -> None:
+def _publish_synthetic(settings: Settings, count: int, rate: float | None, events: dict[str, Any],
+                       nice: int = 0) -> None:
     from streams.loadgen import synthetic_events
     from streams.replay import publish_events
+
+    if nice:
+        os.nice(nice)
 
     publish_events(settings, synthetic_events(count, **events), rate=rate)
 

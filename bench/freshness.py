@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--under-replay", type=int, default=300_000, metavar="EVENTS",
                         help="then probe again while this many events are replayed (0: idle phase only)")
     parser.add_argument("--replay-rate", type=float, default=None, help="events/s of that replay (default: full speed)")
+    parser.add_argument("--replay-nice", type=int, default=0, metavar="N",
+                        help="run the replay's publisher process at this niceness (19: it only takes the CPU the "
+                             "worker and broker leave, as if upstream ran elsewhere; default 0, an equal share)")
     parser.add_argument("--replay-in-process", action="store_true",
                         help="publish that replay from a thread of this process, as the bench did before (the probes "
                              "then share its GIL); default: a process of its own")
@@ -83,7 +86,8 @@ def main() -> None:
             if args.under_replay:
                 now = time.time()  # the replay's event time ends now: nothing of it is late next to the probes
                 replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
-                                          in_process=args.replay_in_process, users=5_000, seed=5,
+                                          in_process=args.replay_in_process, nice=args.replay_nice,
+                                          users=5_000, seed=5,
                                           start_ts=now - 3_600.0, mean_gap_s=3_600.0 / args.under_replay,
                                           user_prefix="load-")
                 published: dict[str, float] = {}
@@ -137,6 +141,8 @@ def main() -> None:
     rows = [row("idle worker (baseline)", idle)]
     if loaded:
         pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
+        if args.replay_nice:
+            pace += f" from a publisher at nice {args.replay_nice}"
         rows.append(row(f"while {args.under_replay:,} events are published ({pace}, "
                         f"{args.under_replay / replay_seconds:,.0f}/s)", loaded))
     rows += [
