@@ -98,6 +98,9 @@ def main() -> None:
                              "speed (the worker ingesting meanwhile)")
     parser.add_argument("--replay-rate", type=float, default=None,
                         help="events/s of that replay (default: as fast as the producer goes)")
+    parser.add_argument("--replay-nice", type=int, default=0, metavar="N",
+                        help="run the replay's publisher process at this niceness (19: it only takes the CPU the "
+                             "worker and broker leave, as if upstream ran elsewhere; default 0, an equal share)")
     parser.add_argument("--replay-in-process", action="store_true",
                         help="publish that replay from a thread of this process, as the bench did before (the timed "
                              "client then shares its GIL with the publisher); default: a process of its own")
@@ -144,7 +147,8 @@ def main() -> None:
             loaded = None
             if args.under_replay:
                 replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
-                                          in_process=args.replay_in_process, users=5_000, seed=99,
+                                          in_process=args.replay_in_process, nice=args.replay_nice,
+                                          users=5_000, seed=99,
                                           start_ts=893_300_000.0, user_prefix="load-")
                 before = worker.metrics()
                 replay.start()
@@ -174,7 +178,8 @@ def main() -> None:
                      baseline))
     if loaded is not None:
         pace = f"{args.replay_rate:,.0f}/s" if args.replay_rate else "full speed"
-        publisher = "a thread of the bench" if args.replay_in_process else "its own process"
+        publisher = ("a thread of the bench" if args.replay_in_process
+                     else f"its own process at nice {args.replay_nice}" if args.replay_nice else "its own process")
         runs.append((f"table hits during a replay at {pace} from {publisher} ({ingested:,.0f} events ingested "
                      "meanwhile)", loaded))
     for name, results in runs:
@@ -192,6 +197,9 @@ def main() -> None:
              histogram_mean_ms(after, before, "explorer_request_seconds", "{source=table}")),
             ("  meanwhile: full garbage collections (gen 2), each a pause of the whole worker",
              histogram_mean_ms(after, before, "explorer_gc_pause_seconds", "{generation=2}")),
+            ("  meanwhile: objects frozen out of collections at the end; freed by thaws (EXPLORER_GC_THAW_EVERY_S)",
+             f"{after.get('explorer_gc_frozen_objects', 0):,.0f}; "
+             f"{after.get('explorer_gc_thawed_garbage_total', 0) - before.get('explorer_gc_thawed_garbage_total', 0):,.0f}"),
         ]
     if baseline is not None:
         ours, before = [r.total_ms for r in hits], [r.total_ms for r in baseline]

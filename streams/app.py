@@ -4,6 +4,7 @@ here and wired to its dependencies (the agents themselves take everything they u
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from agents.outbox import Outbox
 from agents.state import StateTable
 from streams import codec
 from streams.failpoints import Failpoints
-from streams.gc_freeze import freeze_long_lived
+from streams.gc_freeze import SurvivorFreezer, freeze_long_lived
 from streams.kafka_config import faust_broker_credentials
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -159,6 +160,8 @@ def _build_agents(app: ExplorerApp, context: AppContext, clusters: Any) -> None:
         if settings.recommendations_enabled:
             context.recommender = _recommender(app, context, clusters, states, outbox, partitions_for, names,
                                                priority)
+    if settings.gc_freeze_survivors:
+        _freeze_survivors(app, settings, metrics)
     _register_upkeep(app, context, acker, syncer)
 
 
@@ -255,6 +258,23 @@ def _recommender(app: ExplorerApp, context: AppContext, clusters: Any, states: S
     return agent
 
 
+def _freeze_survivors(app: ExplorerApp, settings: Settings, metrics: Metrics) -> None:
+    freezer = SurvivorFreezer()
+
+    @app.task
+    async def install_freezer() -> None:
+        freezer.install()
+
+    @app.on_before_shutdown.connect
+    async def uninstall_freezer(app: faust.App, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        freezer.uninstall()
+
+    if settings.gc_thaw_every_s:
+        @app.timer(settings.gc_thaw_every_s)
+        async def thaw_frozen_state() -> None:
+            metrics.gc_thawed_garbage.inc(freezer.thaw())
+
+
 def _partition_counts(app: ExplorerApp) -> Any:
     """Partition count of a topic from the producer's metadata (cached: topics do not shrink)."""
     known: dict[str, int] = {}
@@ -290,6 +310,7 @@ def _register_upkeep(app: ExplorerApp, context: AppContext, acker: Acker,
             for outcome, value in context.states.stats().as_dict().items():
                 metrics.transition_events.labels(outcome).set(value)
         metrics.worker_healthy.set(1 if health.status()[0] == "ok" else 0)
+        metrics.gc_frozen_objects.set(gc.get_freeze_count())
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]

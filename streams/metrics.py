@@ -37,6 +37,14 @@ class Metrics:
             "Fetches that left the interactions partitions out because the ingest agent had enough queued "
             "(the backlog waited at the broker)", registry=r,
         )
+        self.gc_frozen_objects = Gauge(
+            "explorer_gc_frozen_objects", "Objects frozen out of garbage collections (streams/gc_freeze.py)",
+            registry=r,
+        )
+        self.gc_thawed_garbage = Counter(
+            "explorer_gc_thawed_garbage", "Objects a thaw freed: garbage that freezing had kept alive until then",
+            registry=r,
+        )
         self.event_latency = Histogram(
             "explorer_event_latency_seconds", "Broker append time to processed, of each batch's oldest record",
             buckets=_LATENCY_BUCKETS, registry=r,

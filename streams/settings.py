@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     # Once the worker's models are loaded, everything alive is frozen out of full garbage collections (gc.freeze,
     # streams/gc_freeze.py): those then scan only what was made since, not all of torch, Faust and the models.
     gc_freeze_after_start: bool = True
+    # Freeze what survives each full collection too (streams/gc_freeze.SurvivorFreezer): the next one walks only what
+    # was made since, not the whole per-user state. A thaw (unfreeze, collect everything once, freeze again) every
+    # gc_thaw_every_s frees any cycle that died while frozen (0: never).
+    gc_freeze_survivors: bool = True
+    gc_thaw_every_s: float = Field(3600.0, ge=0)
     auto_request_every: int = Field(0, ge=0)  # 0: off; N: a request after every N-th positive engagement of a user
     pair_refresh_enabled: bool = True  # re-infer pair-table rows whose retrieved knowledge changed (off: rows
     # are still stored and merged from other writers, never re-inferred here)
