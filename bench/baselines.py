@@ -5,18 +5,20 @@
 * `same_work_rate` -- ONE process doing the worker's work without any framework: librdkafka consumer, orjson
   decode and validation (streams/validation.py), the partition state (transitions, trends, recent items:
   models/partition_state.py), dead letters and the changelog writes produced and delivered before each commit, and
-  (when a knowledge store is given) the LanceDB sync every 0.5 s from one thread -- the honest yardstick for the
-  Faust worker's full pipeline.
+  (when a knowledge store is given) the LanceDB sync every 0.5 s from one thread, under the worker's garbage-collection
+  settings (the start-up and survivor freezes) -- the honest yardstick for the Faust worker's full pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from streams.gc_freeze import SurvivorFreezer, freeze_long_lived
 from streams.kafka_config import confluent_config
 from streams.settings import Settings
 
@@ -76,11 +78,7 @@ def same_work_rate(settings: Settings, topic: str, expected: int, cluster_of: Ca
     """Events/s of the worker's work done in one plain loop (see the module docstring)."""
     from confluent_kafka import Consumer, Producer
 
-    from agents.state import StateTable
-    from models.partition_state import PartitionState
-    from streams.dead_letters import dead_letter
-    from streams.records import SourcedEvent
-    from streams.validation import EventValidator, Rejection
+    from streams.validation import EventValidator
 
     consumer = Consumer(confluent_config(settings, **{
         "group.id": f"{settings.app_id}-same-work", "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -89,9 +87,33 @@ def same_work_rate(settings: Settings, topic: str, expected: int, cluster_of: Ca
     producer = Producer(confluent_config(settings, **{"linger.ms": 5, "enable.idempotence": True,
                                                       "batch.num.messages": 10_000, "acks": "all"}))
     validator = EventValidator(settings)
-    states: dict[int, PartitionState] = {}
     executor = ThreadPoolExecutor(max_workers=1)
     consumer.subscribe([topic])
+    # The worker's garbage-collection treatment too (streams/gc_freeze.py), so the two compare the same work.
+    freezer = SurvivorFreezer() if settings.gc_freeze_survivors else None
+    if settings.gc_freeze_after_start:
+        freeze_long_lived("the same-work baseline starts")
+    if freezer is not None:
+        freezer.install()
+    try:
+        return _same_work_loop(settings, topic, expected, consumer, producer, validator, executor, changelog_topic,
+                               dlq_topic, cluster_of, knowledge)
+    finally:
+        if freezer is not None:
+            freezer.uninstall()
+        gc.unfreeze()
+
+
+def _same_work_loop(settings: Settings, topic: str, expected: int, consumer: Any, producer: Any, validator: Any,
+                    executor: ThreadPoolExecutor, changelog_topic: str, dlq_topic: str,
+                    cluster_of: Callable[[str], str | None], knowledge: Any | None) -> float:
+    from agents.state import StateTable
+    from models.partition_state import PartitionState
+    from streams.dead_letters import dead_letter
+    from streams.records import SourcedEvent
+    from streams.validation import Rejection
+
+    states: dict[int, PartitionState] = {}
     seen, started, last_sync, last_commit = 0, None, 0.0, 0.0
     pending_sync = None
     while seen < expected:
