@@ -1,0 +1,121 @@
+"""Who keeps up with a full-speed publisher on this machine? The worker against the same work without Faust, live.
+
+    python -m bench.live_lag [--events 300000] [--partitions 8]
+
+`bench.ingest` measures catch-up from a full topic: each reader has the machine to itself. Here each reader starts
+first and the synthetic events (streams/loadgen.py) are published while it reads, at full speed, from a process of
+their own (bench.common.BackgroundReplay) -- the condition of `bench.freshness --under-replay` without its probes.
+For each reader, in its own topic and consumer group: the publisher's rate, the reader's rate over the whole run,
+and how long after the last event was published the reader had everything -- the lag a fresh event waits behind.
+
+Readers: the same work without Faust in one process (bench/baselines.py, under the worker's GC settings) and the
+Faust worker's full pipeline (validation + transitions + trends + recent items + LanceDB sync).
+
+Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.baselines import same_work_rate
+from bench.common import BackgroundReplay, isolated, print_table
+from bench.ingest import clusters_dir
+from streams.settings import Settings
+from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, TopicSpec, create_topics, topic_name
+from streams.worker_process import free_port, run_worker, wait_until
+
+
+class Published:
+    """The background replay, and when its last event was out."""
+
+    def __init__(self, settings: Settings, events: int) -> None:
+        self.events = events
+        self.replay = BackgroundReplay(settings, events, None, users=5_000, seed=11)
+        self.started = self.ended = 0.0
+        self.error: Exception | None = None
+        self._watcher = threading.Thread(target=self._wait, daemon=True)
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.replay.start()
+        self._watcher.start()
+
+    def _wait(self) -> None:
+        try:
+            self.replay.join()
+        except RuntimeError as exc:
+            self.error = exc
+        self.ended = time.perf_counter()
+
+    def finish(self) -> float:
+        """Wait for the publisher; its events/s."""
+        self._watcher.join()
+        if self.error is not None:
+            raise self.error
+        return self.events / (self.ended - self.started)
+
+
+def baseline_run(base: Settings, root: Path, counting: Path, events: int, partitions: int) -> tuple[float, float, float]:
+    from models.clusters import load_serving
+    from models.knowledge import KnowledgeStore
+
+    settings = isolated(base, "live-same", data_dir=root / "same", interactions_partitions=partitions)
+    shutil.copytree(counting / "clusters", root / "same" / "clusters")
+    clusters = load_serving(settings)
+    changelog = f"{settings.app_id}-baseline-changelog"
+    create_topics(settings, specs=[TopicSpec("baseline-changelog", changelog, partitions, 1, {})])
+    knowledge = KnowledgeStore.from_settings(settings, clusters.version)
+    published = Published(settings, events)
+    published.start()
+    rate = same_work_rate(settings, topic_name(settings, INTERACTIONS), events, clusters.cluster_of, changelog,
+                          topic_name(settings, INTERACTIONS_DLQ), knowledge)
+    done = time.perf_counter()
+    publisher_rate = published.finish()
+    return publisher_rate, rate, done - published.ended
+
+
+def worker_run(base: Settings, root: Path, counting: Path, events: int, partitions: int) -> tuple[float, float, float]:
+    settings = isolated(base, "live-worker", data_dir=counting, interactions_partitions=partitions,
+                        web_port=free_port(), recommendations_enabled=False)
+    with run_worker(settings, root) as worker:
+        wait_until(lambda: worker.metric("explorer_worker_healthy") >= 1, 120, "the worker to start", poll_s=0.25)
+        published = Published(settings, events)
+        published.start()
+        wait_until(lambda: worker.metric("explorer_events_in_total") >= events, 600, "the worker to read everything",
+                   poll_s=0.05)
+        done = time.perf_counter()
+        first_at = worker.metric("explorer_ingest_first_batch_at_seconds")
+        last_at = worker.metric("explorer_ingest_last_batch_at_seconds")
+        first = worker.metric("explorer_ingest_first_batch_records")
+    publisher_rate = published.finish()
+    return publisher_rate, (events - first) / (last_at - first_at), done - published.ended
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    args = parser.parse_args()
+
+    base = Settings()
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        counting = clusters_dir(root, base)
+        for name, run in (("same work without Faust, one process", baseline_run),
+                          ("Faust worker, full pipeline", worker_run)):
+            published, rate, behind = run(base, root, counting, args.events, args.partitions)
+            rows += [(name, f"read {rate:,.0f} events/s while {published:,.0f}/s were published; had everything "
+                            f"{behind:.1f} s after the last was published")]
+    print(f"\nlive lag: {args.events:,} synthetic events published at full speed while each reader reads")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
