@@ -197,8 +197,8 @@ def main() -> None:
              histogram_mean_ms(after, before, "explorer_request_seconds", "{source=table}")),
             ("  meanwhile: full garbage collections (gen 2), each a pause of the whole worker",
              histogram_mean_ms(after, before, "explorer_gc_pause_seconds", "{generation=2}")),
-            ("  meanwhile: objects frozen out of collections at the end; freed by thaws (EXPLORER_GC_THAW_EVERY_S)",
-             f"{after.get('explorer_gc_frozen_objects', 0):,.0f}; "
+            ("  meanwhile: full collections whose survivors were frozen; objects freed by thaws (EXPLORER_GC_THAW_EVERY_S)",
+             f"{after.get('explorer_gc_survivor_freezes_total', 0) - before.get('explorer_gc_survivor_freezes_total', 0):,.0f}; "
              f"{after.get('explorer_gc_thawed_garbage_total', 0) - before.get('explorer_gc_thawed_garbage_total', 0):,.0f}"),
         ]
     if baseline is not None:

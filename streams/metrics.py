@@ -37,9 +37,9 @@ class Metrics:
             "Fetches that left the interactions partitions out because the ingest agent had enough queued "
             "(the backlog waited at the broker)", registry=r,
         )
-        self.gc_frozen_objects = Gauge(
-            "explorer_gc_frozen_objects", "Objects frozen out of garbage collections (streams/gc_freeze.py)",
-            registry=r,
+        self.gc_survivor_freezes = Counter(
+            "explorer_gc_survivor_freezes",
+            "Full garbage collections whose survivors were frozen out of later ones (streams/gc_freeze.py)", registry=r,
         )
         self.gc_thawed_garbage = Counter(
             "explorer_gc_thawed_garbage", "Objects a thaw freed: garbage that freezing had kept alive until then",

@@ -42,9 +42,7 @@ def assert_counts_match_reference(settings, ratings):
 
 def test_full_movielens_replay_matches_the_reference(counting_settings, movielens_dir, tmp_path):
     # A bound one full fetch reaches: the consumer stops and resumes fetching interactions all through the replay.
-    # No start-up freeze: whatever is frozen at the end, the survivors of full collections made it so.
-    settings = counting_settings.model_copy(update={"consumer_max_queued_records": 2_000,
-                                                    "gc_freeze_after_start": False})
+    settings = counting_settings.model_copy(update={"consumer_max_queued_records": 2_000})
     ratings = load_ratings(movielens_dir)
     clusters = load_serving(settings)
     expected = reference_counts(ratings, clusters.cluster_of, settings)
@@ -64,7 +62,7 @@ def test_full_movielens_replay_matches_the_reference(counting_settings, movielen
         wait_until(lambda: worker.metric("explorer_consumer_saturated_fetches_total") > 0, 10,
                    "the worker to report fetches that left interactions out (a full queue)", poll_s=0.5)
         # Full collections froze their survivors (streams/gc_freeze.SurvivorFreezer) all through the replay.
-        wait_until(lambda: worker.metric("explorer_gc_frozen_objects") > 0, 10,
+        wait_until(lambda: worker.metric("explorer_gc_survivor_freezes_total") > 0, 10,
                    "the worker to report objects frozen by full collections", poll_s=0.5)
         # The knowledge sync runs on its own cadence: retrieval (RAG) converges to the exact counts.
         wait_until(retrieval_matches, 60, "LanceDB retrieval to match the reference counts", poll_s=0.5)
