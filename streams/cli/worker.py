@@ -15,7 +15,6 @@ def worker(
     web_port: Annotated[Optional[int], typer.Option(help="Port of /health and /metrics")] = None,
 ) -> None:
     """Run a Faust worker: validation, the agents, /health and /metrics. Start more for more partitions."""
-    import faust
     from confluent_kafka import KafkaException
 
     from streams.acls import faust_state_topics, worker_access
@@ -38,10 +37,22 @@ def worker(
         raise _fail(f"the worker cannot start: {exc}") from exc
     faust_app.explorer.metrics.watch_gc()  # type: ignore[attr-defined]
     try:
-        faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+        faust_worker(faust_app, loglevel).execute_from_commandline()
     except SystemExit as exit_:
         report_crash(exit_)
         raise
+
+
+def faust_worker(app, loglevel: str):  # type: ignore[no-untyped-def]  # -> faust.Worker
+    """A Faust worker without its start-up spinner. At a level of WARNING or above Faust keeps the spinner by setting
+    the root logger to DEBUG for the worker's whole life (each record, debug ones included, turns the spinner), so
+    every `log.debug` of aiokafka, Faust and mode on the hot paths built a LogRecord and walked the stack to drop it:
+    ~3% of a worker's samples under a replay (py-spy). Without the spinner the root logger keeps `loglevel`."""
+    import faust
+
+    worker = faust.Worker(app, loglevel=loglevel)
+    worker.spinner = None
+    return worker
 
 
 def report_crash(exit_: SystemExit) -> None:
