@@ -158,9 +158,11 @@ class RequestHandler:
         serving = self.serving
         novel = choice.novel
         if choice.scores and self.settings.scored_pairs and serving.sequence is not None and serving.mass is not None:
-            # the row's calibrated distribution x this user's sequence mass (models/recommend.py), one SASRec pass
-            novel, items = await serving.io(llm_times_sequence, serving.sequence, serving.mass, choice.scores,
-                                            choice.temperature, serving.members, recent, request.k)
+            # the row's calibrated distribution x this user's sequence mass (models/recommend.py), one SASRec pass,
+            # on the event loop: ~1 ms of CPU that waited ~25 ms for the GIL on the I/O thread while the loop
+            # processed a steady stream of small ingest batches (bench.recommend_latency --replay-rate 5000)
+            novel, items = llm_times_sequence(serving.sequence, serving.mass, choice.scores, choice.temperature,
+                                              serving.members, recent, request.k)
         else:
             items = await serving.io(grounded_items, serving.sequence, serving.members.get(novel, []), recent,
                                      request.k)
