@@ -2,9 +2,8 @@
 
 Threads: LanceDB reads and the sequence model's grounding of answers without the LLM's distribution run on one I/O
 thread (the one SASRec pass of an answer with it -- every table hit -- runs on the event loop: agents/recommender.py);
-the LLM on its own thread (one llama.cpp
-context is not thread-safe; the pair refresher shares it). Request-time LLM misses come before background pair refreshes on the
-LLM thread: the refresher waits while any request waits for, or uses, the LLM. A hot swap finds and loads the new
+the LLM on its own thread (one llama.cpp context is not thread-safe; the pair refresher shares it). Request-time LLM
+misses come before background pair refreshes on the LLM thread: the refresher waits while any request waits for, or uses, the LLM. A hot swap finds and loads the new
 model on the model loader's own thread (models/model_loading.py).
 """
 

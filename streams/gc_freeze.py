@@ -41,7 +41,7 @@ class SurvivorFreezer:
     callback) moves exactly those survivors out of later walks. The trigger is unchanged (CPython still compares the
     new survivors with the size the last full collection saw), so collections come as often as before, each shorter.
 
-    The price is the one `gc.freeze()` documents: a frozen object that later becomes part of unreachable reference
+    The price is the one `gc.freeze()` documents: a frozen object that later becomes part of an unreachable reference
     cycle is not freed (the state's values are freed by reference counting as usual). `thaw()` -- every
     `EXPLORER_GC_THAW_EVERY_S` in a worker -- unfreezes everything and collects once, returning what it freed (the
     measure of that leak), then freezes the survivors again.
