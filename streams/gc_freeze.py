@@ -49,7 +49,6 @@ class SurvivorFreezer:
 
     def __init__(self) -> None:
         self.freezes = 0
-        self.thaws = 0
         self.thawed_garbage = 0  # objects the thaws freed: what freezing had kept alive
         self._installed = False
 
@@ -78,7 +77,6 @@ class SurvivorFreezer:
         freed = gc.collect()  # its own "stop" callback freezes the survivors again
         if not self._installed:
             gc.freeze()
-        self.thaws += 1
         self.thawed_garbage += freed
         log.info("gc: thawed and collected everything: %d objects freed, %d frozen again (%.0f ms)", freed,
                  gc.get_freeze_count(), (time.perf_counter() - started) * 1000)
