@@ -114,12 +114,15 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         # committed yet) and the last one (fetches re-deliver nothing before it).
         self._first_delivered: dict[TP, int] = {}
         self._last_delivered: dict[TP, int] = {}
-        # Batches of the bulk topics (batch topics that are not latency topics) handed to their agents and not yet
-        # acked: id(batch) -> (consumer generation, records). Their total bounds what the worker holds in memory.
-        self._queued: dict[int, tuple[int | None, int]] = {}
+        # Batches handed to their agents and not yet acked: id(batch) -> (consumer generation, records, a latency
+        # topic's). The bulk topics' total bounds what the worker holds in memory; the latency topics' (requests)
+        # bounds how many requests are taken in at once, so that a flood of them cannot stop the consumer loop.
+        self._queued: dict[int, tuple[int | None, int, bool]] = {}
         self._queued_total = 0
+        self._queued_urgent = 0
         self._queued_generation: int | None = None
         self.saturated_fetches = 0  # fetches that left the bulk partitions out: their agents had enough queued
+        self.saturated_request_fetches = 0  # fetches that left the requests out: enough of them were in flight
 
     # ------------------------------------------------------------------ fetching
     def _new_consumer_thread(self) -> PromptFetchConsumerThread:
@@ -160,13 +163,11 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                         continue
                     if tp.topic in batch_topics:
                         batch = RecordBatch(tp, fresh, generation_id)  # aiokafka's records, as they are
-                        bounded = tp.topic not in latency_topics
-                        if bounded:
-                            self._queue(batch)
+                        self._queue(batch, urgent=tp.topic in latency_topics)
                         self._delivering(tp, batch.first_offset)
                         handoff = callback(batch)
                         waited = await self.wait_first(handoff, self.suspend_flow.wait())
-                        if bounded and handoff not in waited.done:  # not handed over: it will never be acked
+                        if handoff not in waited.done:  # not handed over: it will never be acked
                             self._unqueue(batch)
                         self._delivered(tp, batch.offset)
                         continue
@@ -197,22 +198,31 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         """Faust's `_wait_next_records`, with two changes: records already fetched for the app's latency topics are
         taken before any others, so a request never waits behind a prefetched backlog of interactions; and while
         the bulk topics' agents hold `app.max_queued_records` records not yet acked, none of their partitions is
-        fetched from (the backlog stays at the broker, see `queued_records`)."""
+        fetched from (the backlog stays at the broker, see `queued_records`) -- nor the latency topics' while
+        `app.max_queued_requests` requests are in flight: a flood of requests then waits at the broker too, instead
+        of filling the agent's queue until handing over the next one blocks this loop, and the interactions with it
+        (bench.request_flood: ingestion fell to ~1,200 events/s while 5,000 requests were pending)."""
         urgent_topics: frozenset[str] = getattr(self.app, "latency_topics", frozenset())
         saturated = self._saturated()
+        requests_saturated = bool(urgent_topics) and self._requests_saturated()
         if not (urgent_topics or saturated) or not self.flow_active or self.app.client_only:
             return await self._wait_next_records(timeout)
         try:
             self.not_waiting_next_records.set()
             active = self._get_active_partitions()
-            if saturated:
-                self.saturated_fetches += 1
-                bulk = getattr(self.app, "batch_topics", frozenset()) - urgent_topics
-                active = {tp for tp in active if tp.topic not in bulk}
+            if saturated or requests_saturated:
+                left_out: frozenset[str] = frozenset()
+                if saturated:
+                    self.saturated_fetches += 1
+                    left_out |= getattr(self.app, "batch_topics", frozenset()) - urgent_topics
+                if requests_saturated:
+                    self.saturated_request_fetches += 1
+                    left_out |= urgent_topics
+                active = {tp for tp in active if tp.topic not in left_out}
                 # Wake soon to see whether the agents made room; a request that arrives meanwhile wakes it at once.
                 timeout = min(timeout, SATURATED_POLL_S)
             if not active:
-                await self.sleep(SATURATED_POLL_S if saturated else 1)
+                await self.sleep(SATURATED_POLL_S if saturated or requests_saturated else 1)
                 return {}, active
             urgent = {tp for tp in active if tp.topic in urgent_topics}
             if urgent:
@@ -228,6 +238,10 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         limit = getattr(self.app, "max_queued_records", None)
         return limit is not None and self.queued_records >= limit
 
+    def _requests_saturated(self) -> bool:
+        limit = getattr(self.app, "max_queued_requests", None)
+        return limit is not None and self.queued_requests >= limit
+
     @property
     def queued_records(self) -> int:
         """Records of the bulk topics handed to their agents and not yet acked, in the current generation.
@@ -239,25 +253,38 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._follow_generation()
         return self._queued_total
 
+    @property
+    def queued_requests(self) -> int:
+        """Records of the latency topics (requests) handed to their agents and not yet acked, this generation."""
+        self._follow_generation()
+        return self._queued_urgent
+
     def _follow_generation(self) -> None:
         # Batches of an older generation are skipped by Faust's iterator, so they stop counting.
         generation = self.app.consumer_generation_id
         if generation != self._queued_generation:
             self._queued = {key: entry for key, entry in self._queued.items() if entry[0] == generation}
-            self._queued_total = sum(count for _, count in self._queued.values())
+            self._queued_total = sum(count for _, count, urgent in self._queued.values() if not urgent)
+            self._queued_urgent = sum(count for _, count, urgent in self._queued.values() if urgent)
             self._queued_generation = generation
 
-    def _queue(self, batch: RecordBatch) -> None:
+    def _queue(self, batch: RecordBatch, urgent: bool = False) -> None:
         self._unqueue(batch)  # an id of a batch that is gone may be reused
         self._follow_generation()
-        self._queued[id(batch)] = (batch.generation_id, len(batch.records))
+        self._queued[id(batch)] = (batch.generation_id, len(batch.records), urgent)
         if batch.generation_id == self._queued_generation:
-            self._queued_total += len(batch.records)
+            self._count(urgent, len(batch.records))
 
     def _unqueue(self, batch: Message) -> None:
         entry = self._queued.pop(id(batch), None)
         if entry is not None and entry[0] == self._queued_generation:
-            self._queued_total -= entry[1]
+            self._count(entry[2], -entry[1])
+
+    def _count(self, urgent: bool, records: int) -> None:
+        if urgent:
+            self._queued_urgent += records
+        else:
+            self._queued_total += records
 
     def _fresh(self, tp: TP, records: list[Any]) -> list[Any]:
         """The records not delivered yet: after the last one delivered, or from the position of the last seek."""
@@ -424,6 +451,7 @@ class ExplorerApp(faust.App):
     prefetch_backoff_s: float | None = None  # None: aiokafka's own (PromptFetchConsumerThread)
     fetch_max_wait_s: float | None = None  # None: Faust's 1.5 s (PromptFetchConsumerThread)
     max_queued_records: int | None = None  # None: no bound on the bulk topics' fetched, unacked records
+    max_queued_requests: int | None = None  # None: no bound on the latency topics' fetched, unacked records
 
     def use_batches_for(self, topics: Iterable[str]) -> None:
         self.batch_topics = frozenset(self.batch_topics | set(topics))

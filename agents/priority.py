@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,23 @@ def lower_thread_priority(nice: int) -> Callable[[], None]:
 
 class Priority:
     """Requests before bulk work on the one event loop: while requests are being answered, the ingest agent pauses
-    between slices of a batch (a bounded wait per slice, so a steady stream of requests slows ingestion without
-    stopping it)."""
+    between slices of a batch -- a bounded wait per slice (``max_wait_s``), and waits that add up to at most
+    ``max_share`` of each ``window_s``. Without the share a request always in flight (a flood, or a client keeping
+    a few outstanding) let ingestion through one slice per wait: 50 events per 20 ms, 2,500 events/s, whatever the
+    worker could do; with it ingestion keeps at least ``1 - max_share`` of the loop's time, and a flood of requests
+    costs the stream at most that share."""
 
-    def __init__(self, max_wait_s: float = 0.02) -> None:
+    def __init__(self, max_wait_s: float = 0.02, max_share: float = 0.5, window_s: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0.0 <= max_share <= 1.0:
+            raise ValueError(f"max_share must be within [0, 1], not {max_share}")
         self.max_wait_s = max_wait_s
+        self.max_share = max_share
+        self.window_s = window_s
+        self.clock = clock
         self.busy = 0
+        self.waited_s = 0.0  # waited in the current window
+        self.window_started = -float("inf")
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -50,11 +62,20 @@ class Priority:
             self.busy = 0
             self._idle.set()
 
+    def _budget_s(self, now: float) -> float:
+        if now - self.window_started >= self.window_s:  # tumbling windows: a new one starts with its whole budget
+            self.window_started, self.waited_s = now, 0.0
+        return min(self.max_wait_s, self.max_share * self.window_s - self.waited_s)
+
     async def yield_to_requests(self) -> None:
         if self.busy:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=self.max_wait_s)
-            except asyncio.TimeoutError:
-                pass
-        else:
-            await asyncio.sleep(0)
+            started = self.clock()
+            budget = self._budget_s(started)
+            if budget > 0:
+                try:
+                    await asyncio.wait_for(self._idle.wait(), timeout=budget)
+                except asyncio.TimeoutError:
+                    pass
+                self.waited_s += self.clock() - started
+                return
+        await asyncio.sleep(0)  # no request, or their share of this window is spent: one turn of the loop

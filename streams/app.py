@@ -108,6 +108,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     app.prefetch_backoff_s = settings.consumer_prefetch_backoff_s
     app.fetch_max_wait_s = settings.consumer_fetch_max_wait_s
     app.max_queued_records = settings.consumer_max_queued_records
+    app.max_queued_requests = settings.consumer_max_queued_requests
     metrics = Metrics()
     health = Health(recent_s=settings.health_degraded_window_s, exit_deadline_s=settings.fatal_exit_deadline_s)
     context = AppContext(settings=settings, metrics=metrics, health=health)
@@ -137,7 +138,7 @@ def _build_agents(app: ExplorerApp, context: AppContext, clusters: Any) -> None:
 
     outbox = Outbox(lambda: app.producer._ensure_producer())
     partitions_for = _partition_counts(app)
-    priority = Priority()  # requests before bulk ingestion on the event loop
+    priority = Priority(max_share=settings.request_priority_max_share)  # requests before bulk ingestion
     failpoints = Failpoints(settings.failpoints)
     acker = Acker(lambda batch: app.consumer.ack_processed(batch), health, failpoint=failpoints.hit)
     states = None
@@ -301,7 +302,7 @@ def _register_upkeep(app: ExplorerApp, context: AppContext, acker: Acker,
     metrics, health = context.metrics, context.health
     interactions = context.topics["interactions"]
 
-    saturated_reported = [0]
+    saturated_reported = [0, 0]
 
     @app.timer(2.0)
     async def report_progress() -> None:
@@ -309,8 +310,10 @@ def _register_upkeep(app: ExplorerApp, context: AppContext, acker: Acker,
         consumer = app.consumer
         if isinstance(consumer, BatchingConsumer):
             metrics.consumer_queued_records.set(consumer.queued_records)
+            metrics.consumer_queued_requests.set(consumer.queued_requests)
             metrics.consumer_saturated_fetches.inc(consumer.saturated_fetches - saturated_reported[0])
-            saturated_reported[0] = consumer.saturated_fetches
+            metrics.consumer_saturated_request_fetches.inc(consumer.saturated_request_fetches - saturated_reported[1])
+            saturated_reported[:] = [consumer.saturated_fetches, consumer.saturated_request_fetches]
         health.observe(metrics.events_in._value.get() + metrics.requests_in._value.get(), lag)
         if context.states is not None:
             for outcome, value in context.states.stats().as_dict().items():

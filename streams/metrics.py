@@ -37,6 +37,16 @@ class Metrics:
             "Fetches that left the interactions partitions out because the ingest agent had enough queued "
             "(the backlog waited at the broker)", registry=r,
         )
+        self.consumer_queued_requests = Gauge(
+            "explorer_consumer_queued_requests",
+            "Fetched requests handed to the recommender and not yet answered and acked (bounded by "
+            "EXPLORER_CONSUMER_MAX_QUEUED_REQUESTS)", registry=r,
+        )
+        self.consumer_saturated_request_fetches = Counter(
+            "explorer_consumer_saturated_request_fetches",
+            "Fetches that left the request partitions out because enough requests were in flight (a flood waited at "
+            "the broker while interactions went on)", registry=r,
+        )
         self.gc_survivor_freezes = Counter(
             "explorer_gc_survivor_freezes",
             "Full garbage collections whose survivors were frozen out of later ones (streams/gc_freeze.py)", registry=r,

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # collection walked (agents/batching.py). ~0.6 s of the full pipeline's work, ~0.2 s of validation only; at
     # 10,000 validation only lost ~9% of its catch-up rate (bench.ingest).
     consumer_max_queued_records: int = Field(20_000, ge=1)
+    # At most this many requests are in flight in a worker (fetched, not yet answered and acked); beyond it a flood
+    # of requests waits at the broker, and the consumer goes on fetching interactions (bench.request_flood).
+    consumer_max_queued_requests: int = Field(256, ge=1)
     # The producer's linger. Small: batches of a unit are built by the outbox itself (agents/outbox.py), so waiting
     # only adds latency to answers (20 ms here cost each table hit 40 ms: two delivery rounds).
     producer_linger_s: float = Field(0.001, ge=0)
@@ -156,6 +159,10 @@ class Settings(BaseSettings):
     request_max_age_s: float = Field(300.0, gt=0)
     responses_kept: int = Field(32, ge=1)  # per user: answered request ids whose response a duplicate gets again
     recommender_concurrency: int = Field(4, ge=1)  # requests in flight per worker (a table hit never waits on an LLM)
+    # While requests are answered the ingest agent pauses between slices of a batch (agents/priority.py), but for at
+    # most this share of the loop's time (per 0.2 s window): a flood of requests slows the stream by at most that
+    # much instead of holding it to one slice per pause (1.0: no bound, as before).
+    request_priority_max_share: float = Field(0.5, ge=0, le=1)
     llm_timeout_s: float = Field(10.0, gt=0)  # an LLM miss slower than this is answered by the fallback
     # A request that was queued longer than this before its worker took it (a burst beyond the LLM's pace) is
     # answered without the LLM (pair table or fallback), so the backlog drains instead of growing until expiry.

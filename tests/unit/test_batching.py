@@ -267,3 +267,64 @@ def test_a_saturated_consumer_fetches_only_requests_and_looks_again_soon(consume
     consumer.ack_processed(queued)
     loop.run_until_complete(consumer._next_records(1.0))
     assert calls[-1] == ({P0, R0, other}, 1.0)
+
+
+def request_batch(first: int, last: int, generation: int = 1) -> RecordBatch:
+    records = [SourceRecord(REQUESTS, 0, o, 1_000, b"k", b"v", None) for o in range(first, last + 1)]
+    return RecordBatch(R0, records, generation)
+
+
+def test_requests_in_flight_are_counted_apart_from_the_bulk_records(consumer: BatchingConsumer) -> None:
+    consumer.app.consumer_generation_id = 1  # type: ignore[misc]
+    bulk, requests = batch(0, 9), request_batch(0, 2)
+    consumer._queue(bulk)
+    consumer._queue(requests, urgent=True)
+    assert (consumer.queued_records, consumer.queued_requests) == (10, 3)
+    assert consumer.ack_processed(requests)
+    assert (consumer.queued_records, consumer.queued_requests) == (10, 0)
+    newer = request_batch(3, 4, generation=2)
+    consumer._queue(newer, urgent=True)
+    consumer.app.consumer_generation_id = 2  # type: ignore[misc]  # a rebalance: generation 1 stops counting
+    assert (consumer.queued_records, consumer.queued_requests) == (0, 2)
+
+
+def test_with_enough_requests_in_flight_the_consumer_fetches_the_rest_and_looks_again_soon(
+        consumer: BatchingConsumer) -> None:
+    """A flood of requests waits at the broker once `max_queued_requests` are in flight, so handing over the next
+    one never blocks the consumer loop (and the interactions behind it); both bounds at once leave only the topics
+    outside them."""
+    app = consumer.app
+    app.batch_topics = frozenset({TOPIC, REQUESTS})  # type: ignore[attr-defined]
+    app.latency_topics = frozenset({REQUESTS})  # type: ignore[attr-defined]
+    app.max_queued_records = 5  # type: ignore[attr-defined]
+    app.max_queued_requests = 3  # type: ignore[attr-defined]
+    app.consumer_generation_id = 1  # type: ignore[misc]
+    other = TP("changelog", 0)
+    consumer._get_active_partitions = lambda: {P0, R0, other}  # type: ignore[method-assign]
+    calls: list[tuple[set, float]] = []
+
+    async def getmany(active_partitions: set, timeout: float) -> dict:
+        calls.append((set(active_partitions), timeout))
+        return {}
+
+    consumer._getmany = getmany  # type: ignore[method-assign]
+    loop = asyncio.get_event_loop()
+    in_flight = request_batch(0, 1)
+    consumer._queue(in_flight, urgent=True)  # 2 requests: under the bound
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls == [({R0}, 0), ({P0, R0, other}, 1.0)] and consumer.saturated_request_fetches == 0
+    calls.clear()
+    more = request_batch(2, 2)
+    consumer._queue(more, urgent=True)  # 3: the bound
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls == [({P0, other}, 0.01)] and consumer.saturated_request_fetches == 1
+    calls.clear()
+    bulk = batch(0, 4)
+    consumer._queue(bulk)  # the bulk bound too: only the changelog is fetched
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls == [({other}, 0.01)] and (consumer.saturated_fetches, consumer.saturated_request_fetches) == (1, 2)
+    calls.clear()
+    consumer.ack_processed(more)
+    consumer.ack_processed(bulk)
+    loop.run_until_complete(consumer._next_records(1.0))
+    assert calls == [({R0}, 0), ({P0, R0, other}, 1.0)]
