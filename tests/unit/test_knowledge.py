@@ -123,6 +123,21 @@ def test_trending_ranks_by_score_and_excludes_the_users_clusters(kb: KnowledgeSt
     assert kb.trending(window="30d") == [("Y", 41.0, 40), ("X", 11.0, 10), ("W", 4.0, 3), ("Z", 4.0, 3)]
 
 
+def test_trends_are_read_once_per_table_version_and_again_after_any_write(tmp_path: Path) -> None:
+    kb, other = store(tmp_path), store(tmp_path)  # `other`: another process's reader, as the recommender is
+    kb.write_partition_counts(0, trend_counts(), T0)
+    scans: list[str] = []
+    select = other._select
+    other._select = lambda table, where, columns: scans.append(where) or select(table, where, columns)  # type: ignore
+    first = other.trending()
+    assert other.trending() == first and other.trending(exclude={"X"}) == first[1:]
+    assert len(scans) == 1  # one version of the trends table: one scan
+    kb.write_partition_counts(1, AllCounts(trends={DAY: {"Z": 20}}), T0)
+    assert other.trending()[0] == ("Z", 23.0, 22)  # a new version is read again
+    assert len(scans) == 2
+    assert other.trending(window="30d")[0][0] == "Y" and len(scans) == 3  # each window on its own
+
+
 def test_top_next_by_trend_prefers_trending_next_clusters(kb: KnowledgeStore) -> None:
     kb.write_partition_counts(0, trend_counts(), T0)
     assert kb.top_next("A", "B") == [("Y", 5), ("X", 1), ("Z", 1)]
