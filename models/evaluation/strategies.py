@@ -14,6 +14,7 @@ hybrid-poe      hybrid-scores' distribution x the back-off counts (product of ex
 hybrid-poe-seq  hybrid-poe x the sequence model's distribution for the user (per request) -- same refresh rule
 hybrid-seq      hybrid-scores' distribution x the sequence model's (per request), no counts -- same refresh rule
 hybrid-seq-sampled  hybrid-seq's distribution, the served cluster a seeded draw from it instead of its argmax
+hybrid-seq-sampled-sq  the same draw from that distribution squared (renormalised): between the argmax and the draw
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -165,7 +166,9 @@ class ScoredTableStrategy(LlmTableStrategy):
 
     The model's distribution is ``softmax(log p / temperature)`` in every mode. With ``sample_seed`` the served
     cluster is a draw from the final distribution (seeded by the seed and the case) instead of its argmax: what
-    exploring by sampling costs in hit rate and buys in distinct clusters, on the same inferences.
+    exploring by sampling costs in hit rate and buys in distinct clusters, on the same inferences; ``sample_power``
+    draws from the distribution raised to it (2: squared, sharper -- a middle between the argmax, the limit, and
+    the plain draw, 1). The answer's ranking and distribution stay the unsharpened ones.
     """
 
     combine: str = "model"
@@ -173,12 +176,13 @@ class ScoredTableStrategy(LlmTableStrategy):
     sequence: SequenceScores | None = None  # required for "poe-sequence" and "sequence"
     temperature: float = 1.0  # the model's log-probabilities are divided by it (> 1 flattens an over-confident model)
     sample_seed: int | None = None  # serve a seeded draw from the distribution instead of its argmax
+    sample_power: float = 1.0  # the draw's weights are the distribution raised to this power
 
     def _answer_of(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
         answer = self._ranked(case, state, result)
         if self.sample_seed is None:
             return answer
-        return sampled(answer, random.Random(f"{self.sample_seed}:{self.name}:{case.key}"))
+        return sampled(answer, random.Random(f"{self.sample_seed}:{self.name}:{case.key}"), self.sample_power)
 
     def _ranked(self, case: Case, state: PointState, result: Mapping[str, object]) -> Answer:
         scores = result["scores"]
@@ -199,11 +203,12 @@ class ScoredTableStrategy(LlmTableStrategy):
         return Answer.ranked(ranking, distribution)
 
 
-def sampled(answer: Answer, rng: random.Random) -> Answer:
-    """`answer` with its served cluster drawn from its distribution (the rest of its ranking in order after it)."""
+def sampled(answer: Answer, rng: random.Random, power: float = 1.0) -> Answer:
+    """`answer` with its served cluster drawn from its distribution raised to `power` (the rest of its ranking in
+    order after it)."""
     assert answer.distribution is not None and answer.ranking
     ranking = answer.ranking
-    drawn = rng.choices(ranking, weights=[answer.distribution.get(c, 0.0) for c in ranking])[0]
+    drawn = rng.choices(ranking, weights=[answer.distribution.get(c, 0.0) ** power for c in ranking])[0]
     return Answer.ranked([drawn, *(c for c in ranking if c != drawn)], answer.distribution)
 
 
@@ -239,6 +244,10 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
                             "(seeded) instead of its argmax", FINETUNE, "stream", n_clusters, version_of,
                             cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
                             sequence=sequence, sample_seed=seed),
+        ScoredTableStrategy("hybrid-seq-sampled-sq", "hybrid-seq, the served cluster drawn from its distribution "
+                            "squared (seeded)", FINETUNE, "stream", n_clusters, version_of,
+                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
+                            sequence=sequence, sample_seed=seed, sample_power=2.0),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

@@ -16,11 +16,11 @@ from tests.harness import settings_env
 pytestmark = pytest.mark.integration
 
 STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq",
-              "hybrid-seq-sampled", "finetune-early", "hybrid-early", "random", "popular", "count", "backoff", "sequence",
-              "backoff-x-sequence")
+              "hybrid-seq-sampled", "hybrid-seq-sampled-sq", "finetune-early", "hybrid-early", "random", "popular", "count",
+              "backoff", "sequence", "backoff-x-sequence")
 PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
 RANKERS = ("random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")  # hit@3 (and the scored LLM tables)
-SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq", "hybrid-seq-sampled")
+SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq", "hybrid-seq-sampled", "hybrid-seq-sampled-sq")
 DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "backoff-x-sequence", *SCORED)  # log-loss
 
 

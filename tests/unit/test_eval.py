@@ -555,6 +555,20 @@ def test_a_sampled_table_serves_seeded_draws_from_the_same_distribution() -> Non
     assert {sampled(certain, random.Random(seed)).ranking for seed in range(50)} == {("c3", "c2")}
 
 
+def test_a_sharpened_draw_weighs_the_distribution_raised_to_its_power() -> None:
+    import random
+    from collections import Counter
+
+    from models.evaluation.strategies import sampled
+
+    answer = Answer.ranked(["c2", "c3", "c4"], {"c2": 0.6, "c3": 0.3, "c4": 0.1})
+    squared = Counter(sampled(answer, random.Random(seed), 2.0).cluster for seed in range(4000))
+    # 0.36 : 0.09 : 0.01 of 0.46
+    assert squared["c2"] / 4000 == pytest.approx(0.36 / 0.46, abs=0.03)
+    assert squared["c4"] / 4000 == pytest.approx(0.01 / 0.46, abs=0.01)
+    assert sampled(answer, random.Random(3), 2.0).distribution == answer.distribution  # reported unsharpened
+
+
 def test_only_the_selected_llm_strategies_run() -> None:
     from streams.eval_run import EvalConfig
     from streams.settings import Settings
