@@ -6,7 +6,9 @@ import atexit
 import multiprocessing
 import os
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from streams.settings import Settings
@@ -40,21 +42,42 @@ class BackgroundReplay:
     service would run on machines of its own: at 19 it takes the CPU the worker and broker leave idle)."""
 
     def __init__(self, settings: Settings, count: int, rate: float | None, *, in_process: bool = False,
-                 nice: int = 0, **events: Any) -> None:
+                 nice: int = 0, on_end: Callable[[], None] | None = None, **events: Any) -> None:
         if nice and in_process:
             raise ValueError("a publisher thread shares the bench's priority: nice needs its own process")
         args = (settings, count, rate, events, nice)
+        self.count = count
+        self.on_end = on_end  # called (in a watcher thread) the moment the last event is out
+        self.started = self.ended = 0.0  # perf_counter
+        self.error: Exception | None = None
         self._runner: threading.Thread | multiprocessing.process.BaseProcess = (
             threading.Thread(target=_publish_synthetic, args=args, daemon=True) if in_process
             else multiprocessing.get_context("spawn").Process(target=_publish_synthetic, args=args, daemon=True))
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
 
     def start(self) -> None:
+        self.started = time.perf_counter()
         self._runner.start()
+        self._watcher.start()
 
-    def join(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self._watcher.is_alive()
+
+    def join(self) -> float:
+        """Wait for the last event to be out; the publisher's events/s."""
+        self._watcher.join()
+        if self.error is not None:
+            raise self.error
+        return self.count / (self.ended - self.started)
+
+    def _watch(self) -> None:
         self._runner.join()
+        self.ended = time.perf_counter()
         if isinstance(self._runner, multiprocessing.process.BaseProcess) and self._runner.exitcode != 0:
-            raise RuntimeError(f"the replay's publisher process failed (exit code {self._runner.exitcode})")
+            self.error = RuntimeError(f"the replay's publisher process failed (exit code {self._runner.exitcode})")
+        elif self.on_end is not None:
+            self.on_end()
 
 
 def _publish_synthetic(settings: Settings, count: int, rate: float | None, events: dict[str, Any],

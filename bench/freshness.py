@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -85,40 +84,28 @@ def main() -> None:
             before_replay = worker.metrics()
             if args.under_replay:
                 now = time.time()  # the replay's event time ends now: nothing of it is late next to the probes
-                replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
-                                          in_process=args.replay_in_process, nice=args.replay_nice,
-                                          users=5_000, seed=5,
-                                          start_ts=now - 3_600.0, mean_gap_s=3_600.0 / args.under_replay,
-                                          user_prefix="load-")
                 published: dict[str, float] = {}
-                failed: list[str] = []
 
-                def note_the_end() -> None:  # when the last event went out, and what the worker had ingested then
-                    try:
-                        replay.join()
-                    except RuntimeError as exc:
-                        failed.append(str(exc))
-                        return
-                    published["at"] = time.perf_counter()
+                def note_the_end() -> None:  # what the worker had ingested when the last event went out
                     published["ingested"] = worker.metric("explorer_events_in_total")
 
-                started = time.perf_counter()
+                replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
+                                          in_process=args.replay_in_process, nice=args.replay_nice,
+                                          on_end=note_the_end, users=5_000, seed=5,
+                                          start_ts=now - 3_600.0, mean_gap_s=3_600.0 / args.under_replay,
+                                          user_prefix="load-")
                 replay.start()
-                watcher = threading.Thread(target=note_the_end, daemon=True)
-                watcher.start()
                 n = 0
-                while watcher.is_alive():  # probes only while the replay is being published
+                while replay.running:  # probes only while the replay is being published
                     loaded.append(probe(f"loaded-{n}"))
                     n += 1
-                watcher.join()
-                if "at" not in published:
-                    raise RuntimeError(f"the replay's publisher failed: {failed}")
-                replay_seconds = published["at"] - started
+                replay.join()  # raises if the publisher failed
+                replay_seconds = replay.ended - replay.started
                 ingested_before = before_replay.get("explorer_events_in_total", 0)
                 expected = ingested_before + args.under_replay + 3 * len(loaded)  # the probes' events too
                 wait_until(lambda: worker.metric("explorer_events_in_total") >= expected, 600,
                            "the worker to catch up on the replay", poll_s=0.05)
-                caught_up_s = time.perf_counter() - published["at"]
+                caught_up_s = time.perf_counter() - replay.ended
                 ingested_while_published = published["ingested"] - ingested_before
             fragments = reader.fragment_counts()
             metrics = worker.metrics()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,36 +28,6 @@ from bench.ingest import clusters_dir
 from streams.settings import Settings
 from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, TopicSpec, create_topics, topic_name
 from streams.worker_process import free_port, run_worker, wait_until
-
-
-class Published:
-    """The background replay, and when its last event was out."""
-
-    def __init__(self, settings: Settings, events: int) -> None:
-        self.events = events
-        self.replay = BackgroundReplay(settings, events, None, users=5_000, seed=11)
-        self.started = self.ended = 0.0
-        self.error: Exception | None = None
-        self._watcher = threading.Thread(target=self._wait, daemon=True)
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-        self.replay.start()
-        self._watcher.start()
-
-    def _wait(self) -> None:
-        try:
-            self.replay.join()
-        except RuntimeError as exc:
-            self.error = exc
-        self.ended = time.perf_counter()
-
-    def finish(self) -> float:
-        """Wait for the publisher; its events/s."""
-        self._watcher.join()
-        if self.error is not None:
-            raise self.error
-        return self.events / (self.ended - self.started)
 
 
 def baseline_run(base: Settings, root: Path, counting: Path, events: int, partitions: int) -> tuple[float, float, float]:
@@ -71,12 +40,12 @@ def baseline_run(base: Settings, root: Path, counting: Path, events: int, partit
     changelog = f"{settings.app_id}-baseline-changelog"
     create_topics(settings, specs=[TopicSpec("baseline-changelog", changelog, partitions, 1, {})])
     knowledge = KnowledgeStore.from_settings(settings, clusters.version)
-    published = Published(settings, events)
+    published = BackgroundReplay(settings, events, None, users=5_000, seed=11)
     published.start()
     rate = same_work_rate(settings, topic_name(settings, INTERACTIONS), events, clusters.cluster_of, changelog,
                           topic_name(settings, INTERACTIONS_DLQ), knowledge)
     done = time.perf_counter()
-    publisher_rate = published.finish()
+    publisher_rate = published.join()
     return publisher_rate, rate, done - published.ended
 
 
@@ -85,7 +54,7 @@ def worker_run(base: Settings, root: Path, counting: Path, events: int, partitio
                         web_port=free_port(), recommendations_enabled=False)
     with run_worker(settings, root) as worker:
         wait_until(lambda: worker.metric("explorer_worker_healthy") >= 1, 120, "the worker to start", poll_s=0.25)
-        published = Published(settings, events)
+        published = BackgroundReplay(settings, events, None, users=5_000, seed=11)
         published.start()
         wait_until(lambda: worker.metric("explorer_events_in_total") >= events, 600, "the worker to read everything",
                    poll_s=0.05)
@@ -93,7 +62,7 @@ def worker_run(base: Settings, root: Path, counting: Path, events: int, partitio
         first_at = worker.metric("explorer_ingest_first_batch_at_seconds")
         last_at = worker.metric("explorer_ingest_last_batch_at_seconds")
         first = worker.metric("explorer_ingest_first_batch_records")
-    publisher_rate = published.finish()
+    publisher_rate = published.join()
     return publisher_rate, (events - first) / (last_at - first_at), done - published.ended
 
 
