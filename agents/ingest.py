@@ -30,7 +30,7 @@ from agents.batching import RecordBatch, SourceRecord, keep_queued_events_on_res
 from agents.priority import Priority
 from agents.outbox import Outbox, OutboxUnit
 from agents.routing import ORIGIN_HEADER, PartitionOf, header, origin_of
-from models.partition_state import DIRECT, REROUTED, BatchResult, PartitionState
+from models.partition_state import DIRECT, REROUTED, BatchResult, PartitionState, Write
 from streams.dead_letters import dead_letter
 from streams.records import RecommendationRequest, SourcedEvent
 from streams.validation import EventValidator, Rejection
@@ -51,6 +51,22 @@ log = logging.getLogger(__name__)
 # deliveries) and waits one slice per turn: 250-event slices made that ~110 ms under a full-speed replay
 # (bench.recommend_latency), while a yield costs ~20 us.
 YIELD_EVERY = 50
+# Changelog records encoded between two yields: a batch's writes encoded at once held the loop up to 111 ms under a
+# full-speed replay (users' records grow with their history), the longest step of the ingest agent.
+ENCODE_EVERY = 200
+
+
+async def encoded_in_slices(encode: Callable[[int, list[Write]], list[tuple[bytes, bytes | None]]], partition: int,
+                            writes: list[Write], pause: Callable[[], Awaitable[None]], every: int = ENCODE_EVERY
+                            ) -> list[tuple[bytes, bytes | None]]:
+    """The changelog records of a batch's `writes`, `every` at a time with `pause()` awaited in between (requests are
+    answered there). Only the ingest agent changes a partition's records, so the ones not yet encoded wait unchanged."""
+    records: list[tuple[bytes, bytes | None]] = []
+    for start in range(0, len(writes), every):
+        if start:
+            await pause()
+        records.extend(encode(partition, writes[start:start + every]))
+    return records
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,8 @@ class IngestAgent:
             for sourced in result.requests_due:
                 await self._auto_request(unit, sourced)
             changelog = self.states.changelog_topic
-            records = self.states.encode(partition, result.writes)
+            records = await encoded_in_slices(self.states.encode, partition, result.writes,
+                                              self.priority.yield_to_requests)
             for key, value in records:
                 unit.add(changelog, partition, key, value)
             self._persist = (partition, records, changelog)
