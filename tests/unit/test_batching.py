@@ -238,14 +238,19 @@ def test_queued_records_count_until_acked_processed_or_skipped_and_an_old_genera
     assert consumer.queued_records == 2
 
 
-def test_a_saturated_consumer_fetches_only_requests_and_looks_again_soon(consumer: BatchingConsumer) -> None:
+OTHER = TP("changelog", 0)  # a topic outside the bulk ones (a table's changelog) is fetched as before
+
+
+def fetching(consumer: BatchingConsumer, **bounds: int) -> list[tuple[set, float]]:
+    """The consumer of an app with bulk and request topics and these bounds, assigned P0, R0 and OTHER; returns the
+    list its fetches are recorded in (partitions, timeout)."""
     app = consumer.app
     app.batch_topics = frozenset({TOPIC, REQUESTS})  # type: ignore[attr-defined]
     app.latency_topics = frozenset({REQUESTS})  # type: ignore[attr-defined]
-    app.max_queued_records = 5  # type: ignore[attr-defined]
+    for name, value in bounds.items():
+        setattr(app, name, value)
     app.consumer_generation_id = 1  # type: ignore[misc]
-    other = TP("changelog", 0)  # a topic outside the bulk ones (a table's changelog) is fetched as before
-    consumer._get_active_partitions = lambda: {P0, R0, other}  # type: ignore[method-assign]
+    consumer._get_active_partitions = lambda: {P0, R0, OTHER}  # type: ignore[method-assign]
     calls: list[tuple[set, float]] = []
 
     async def getmany(active_partitions: set, timeout: float) -> dict:
@@ -253,6 +258,12 @@ def test_a_saturated_consumer_fetches_only_requests_and_looks_again_soon(consume
         return {}
 
     consumer._getmany = getmany  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_saturated_consumer_fetches_only_requests_and_looks_again_soon(consumer: BatchingConsumer) -> None:
+    calls = fetching(consumer, max_queued_records=5)
+    other = OTHER
     loop = asyncio.get_event_loop()
     held = batch(0, 3)  # alive, as a batch in the agent's queue is (the tally is by object identity)
     consumer._queue(held)  # 4 queued, under the bound
@@ -293,21 +304,8 @@ def test_with_enough_requests_in_flight_the_consumer_fetches_the_rest_and_looks_
     """A flood of requests waits at the broker once `max_queued_requests` are in flight, so handing over the next
     one never blocks the consumer loop (and the interactions behind it); both bounds at once leave only the topics
     outside them."""
-    app = consumer.app
-    app.batch_topics = frozenset({TOPIC, REQUESTS})  # type: ignore[attr-defined]
-    app.latency_topics = frozenset({REQUESTS})  # type: ignore[attr-defined]
-    app.max_queued_records = 5  # type: ignore[attr-defined]
-    app.max_queued_requests = 3  # type: ignore[attr-defined]
-    app.consumer_generation_id = 1  # type: ignore[misc]
-    other = TP("changelog", 0)
-    consumer._get_active_partitions = lambda: {P0, R0, other}  # type: ignore[method-assign]
-    calls: list[tuple[set, float]] = []
-
-    async def getmany(active_partitions: set, timeout: float) -> dict:
-        calls.append((set(active_partitions), timeout))
-        return {}
-
-    consumer._getmany = getmany  # type: ignore[method-assign]
+    calls = fetching(consumer, max_queued_records=5, max_queued_requests=3)
+    other = OTHER
     loop = asyncio.get_event_loop()
     in_flight = request_batch(0, 1)
     consumer._queue(in_flight, urgent=True)  # 2 requests: under the bound
