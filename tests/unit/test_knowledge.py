@@ -503,3 +503,46 @@ def test_write_many_equals_writing_each_partition_and_commits_once_per_table(tmp
     assert together.row_counts() == one_by_one.row_counts()
     assert together.trending(n=10) == one_by_one.trending(n=10)
     assert together._transitions.version == versions["t"] + 1 and together._trends.version == trend_version + 1
+
+
+def test_parallel_merges_write_what_one_thread_writes_and_run_the_two_tables_at_once(tmp_path: Path) -> None:
+    serial, parallel = store(tmp_path / "a"), store(tmp_path / "b", parallel_merges=True)
+    first = {p: counts({("A", "B"): {"C": p + 1, "D": 1}}, trends={DAY: {"A": 3, "B": 1}}) for p in range(3)}
+    later = {p: counts({("A", "B"): {"C": p + 5}}, trends={DAY: {"A": 4}}) for p in range(3)}
+    for kb in (serial, parallel):
+        for p, c in first.items():
+            kb.write_partition_counts(p, c, T0)
+    merged_on: list[tuple[str, str]] = []
+    both_started = threading.Barrier(2, timeout=10)  # each merge waits for the other: only concurrent ones pass
+    merge = parallel._merge
+
+    def spy(table, key, data, **options):  # type: ignore[no-untyped-def]
+        merged_on.append((table.name, threading.current_thread().name))
+        both_started.wait()
+        return merge(table, key, data, **options)
+
+    parallel._merge = spy  # type: ignore[method-assign]
+    serial.write_many([serial.prepare(p, c, T0, {("A", "B")}) for p, c in later.items()])
+    parallel.write_many([parallel.prepare(p, c, T0, {("A", "B")}) for p, c in later.items()])
+    assert len(merged_on) == 2 and len({thread for _, thread in merged_on}) == 2
+    assert parallel.top_next("A", "B", n=10) == serial.top_next("A", "B", n=10) == [("C", 5 + 6 + 7)]
+    assert parallel.trending(n=10) == serial.trending(n=10) and parallel.row_counts() == serial.row_counts()
+
+
+def test_a_failed_parallel_merge_raises_and_the_round_is_sent_again(tmp_path: Path) -> None:
+    kb = store(tmp_path, parallel_merges=True)
+    kb.write_partition_counts(0, counts({("A", "B"): {"C": 1}}, trends={DAY: {"A": 1}}), T0)
+    merge = kb._merge
+
+    def failing_trends(table, key, data, **options):  # type: ignore[no-untyped-def]
+        if "trends" in table.name:
+            raise OSError("object store unavailable")
+        return merge(table, key, data, **options)
+
+    kb._merge = failing_trends  # type: ignore[method-assign]
+    update = counts({("A", "B"): {"C": 2}}, trends={DAY: {"A": 2}})
+    with pytest.raises(OSError, match="unavailable"):
+        kb.write_many([kb.prepare(0, update, T0, {("A", "B")})])
+    kb._merge = merge  # type: ignore[method-assign]
+    kb.write_many([kb.prepare(0, update, T0, {("A", "B")})])  # nothing was remembered as written: all sent again
+    assert kb.top_next("A", "B") == [("C", 2)] and kb.trending()[0][2] == 2
