@@ -37,12 +37,10 @@ Freshness: the connection re-checks a table's latest version on a read at most e
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -139,7 +137,6 @@ class KnowledgeStore:
         compact_every_s: float | None = 20.0,
         cleanup_older_than_s: float = 60.0,
         compact_in_background: bool = False,
-        parallel_merges: bool = False,
         full_write_every_s: float = 300.0,
         embedder: Embedder | None = None,
         storage_options: dict[str, str] | None = None,
@@ -173,9 +170,6 @@ class KnowledgeStore:
         self._writes_since_compact = 0
         self._last_compact = clock()
         self.compact_in_background = compact_in_background
-        # write_many's two merges (transitions, trends: two datasets, no shared commit) at once: LanceDB does a merge's
-        # work in Rust with the GIL released, so the round takes the longer of the two instead of their sum
-        self._merge_pool = (ThreadPoolExecutor(1, thread_name_prefix="knowledge-merge") if parallel_merges else None)
         self._compaction: threading.Thread | None = None
         self._compactor_tables: dict[str, Any] | None = None
         self.compactions = {"done": 0, "lost": 0, "inline": 0}
@@ -184,7 +178,6 @@ class KnowledgeStore:
     @classmethod
     def from_settings(cls, settings: Settings, clusters_version: str, **options: Any) -> KnowledgeStore:
         options.setdefault("compact_in_background", settings.knowledge_compact_in_background)
-        options.setdefault("parallel_merges", settings.knowledge_parallel_merges)
         return cls(settings.resolved_lancedb_uri(), clusters_version, window_days=settings.window_days,
                    deployment=settings.deployment_id(), **options)
 
@@ -259,36 +252,16 @@ class KnowledgeStore:
             if gone_trends:
                 trends_gone.append(self._gone_filter(update.partition, trends_filter(gone_trends)))
         either = lambda filters: " OR ".join(f"({f})" for f in filters) or None  # noqa: E731
-        merges: list[Callable[[], None]] = []
         if transitions or transitions_gone:
             data = pa.concat_tables(transitions) if transitions else TRANSITIONS_SCHEMA.empty_table()
-            merges.append(functools.partial(self._merge, self._transitions, TRANSITION_KEY, data,
-                                            delete_missing=either(transitions_gone)))
+            self._merge(self._transitions, TRANSITION_KEY, data, delete_missing=either(transitions_gone))
         if trends or trends_gone:
             data = pa.concat_tables(trends) if trends else TRENDS_SCHEMA.empty_table()
-            merges.append(functools.partial(self._merge, self._trends, TREND_KEY, data,
-                                            delete_missing=either(trends_gone)))
-        self._run_merges(merges)
+            self._merge(self._trends, TREND_KEY, data, delete_missing=either(trends_gone))
         for update in incremental:
             self._written[update.partition].record(update)
         self._writes_since_compact += 1
         self._maybe_compact()
-
-    def _run_merges(self, merges: list[Callable[[], None]]) -> None:
-        """Run the merges, the later ones on the merge thread while this one runs the first; the first error raises
-        once all have finished (a failed round is re-sent whole, and re-sending a merged one changes nothing)."""
-        if self._merge_pool is None or len(merges) < 2:
-            for merge in merges:
-                merge()
-            return
-        others = [self._merge_pool.submit(merge) for merge in merges[1:]]
-        try:
-            merges[0]()
-        finally:
-            errors = [future.exception() for future in others]  # waits for each
-        for error in errors:
-            if error is not None:
-                raise error
 
     def release_partition(self, partition: int) -> None:
         """Forget what this process wrote for ``partition``: its next write compares against the table again."""

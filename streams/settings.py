@@ -143,9 +143,6 @@ class Settings(BaseSettings):
     # Compact the LanceDB tables on a thread of their own, so a sync never waits behind a compaction (1-2 s on
     # 2 busy cores); off: the writer compacts between writes, as before.
     knowledge_compact_in_background: bool = True
-    # A sync round's two LanceDB merges (transitions, trends) run at once, on the writer thread and one more: the
-    # round takes the longer merge instead of both (each ~80 ms under a 5,000 events/s replay; bench.freshness).
-    knowledge_parallel_merges: bool = True
 
     # --- sequence recommender (models/sequence/; SequenceConfig reads every sequence_<field>) ---
     sequence_seed: int = 7
