@@ -200,8 +200,9 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         the bulk topics' agents hold `app.max_queued_records` records not yet acked, none of their partitions is
         fetched from (the backlog stays at the broker, see `queued_records`) -- nor the latency topics' while
         `app.max_queued_requests` requests are in flight: a flood of requests then waits at the broker too, instead
-        of filling the agent's queue until handing over the next one blocks this loop, and the interactions with it
-        (bench.request_flood: ingestion fell to ~1,200 events/s while 5,000 requests were pending)."""
+        of filling the agent's queue until handing over the next one would block this loop, and the interactions
+        with it (a cap on what a flood puts into the worker; the pauses of ingestion for requests are bounded apart,
+        agents/priority.py)."""
         urgent_topics: frozenset[str] = getattr(self.app, "latency_topics", frozenset())
         saturated = self._saturated()
         requests_saturated = bool(urgent_topics) and self._requests_saturated()
