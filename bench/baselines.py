@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from streams.gc_freeze import SurvivorFreezer, freeze_long_lived
@@ -71,6 +73,23 @@ def aiokafka_rate(settings: Settings, topic: str, expected: int) -> float:
         return seen / (time.perf_counter() - (started or time.perf_counter()))
 
     return asyncio.run(run())
+
+
+def same_work_baseline(settings: Settings, counting: Path, partitions: int) -> Callable[[int], float]:
+    """Set up the same-work loop on `settings`' interactions topic -- the clusters built under `counting` (copied
+    into `settings.data_dir`), a changelog topic and a LanceDB of its own -- and return its measurement: expected
+    events -> `same_work_rate`. Set up first, so a bench can start a publisher between the two."""
+    from models.clusters import load_serving
+    from models.knowledge import KnowledgeStore
+    from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, TopicSpec, create_topics, topic_name
+
+    shutil.copytree(counting / "clusters", settings.data_dir / "clusters")
+    clusters = load_serving(settings)
+    changelog = f"{settings.app_id}-baseline-changelog"
+    create_topics(settings, specs=[TopicSpec("baseline-changelog", changelog, partitions, 1, {})])
+    knowledge = KnowledgeStore.from_settings(settings, clusters.version)
+    return lambda expected: same_work_rate(settings, topic_name(settings, INTERACTIONS), expected, clusters.cluster_of,
+                                           changelog, topic_name(settings, INTERACTIONS_DLQ), knowledge)
 
 
 def same_work_rate(settings: Settings, topic: str, expected: int, cluster_of: Callable[[str], str | None],

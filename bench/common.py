@@ -91,6 +91,15 @@ def _publish_synthetic(settings: Settings, count: int, rate: float | None, event
     publish_events(settings, synthetic_events(count, **events), rate=rate)
 
 
+def ingest_rate(metrics: list[dict[str, float]], expected: int) -> float:
+    """Events/s of workers (their `/metrics` snapshots) by their own clocks: from the first batch any processed to
+    the last, no polling in the measurement; the first batches' records were taken before the clock started."""
+    first_at = min(m["explorer_ingest_first_batch_at_seconds"] for m in metrics)
+    last_at = max(m["explorer_ingest_last_batch_at_seconds"] for m in metrics)
+    first = sum(m["explorer_ingest_first_batch_records"] for m in metrics)
+    return (expected - first) / (last_at - first_at)
+
+
 def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:

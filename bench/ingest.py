@@ -18,18 +18,16 @@ Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`).
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.baselines import aiokafka_rate, plain_consumer_rate, same_work_rate
-from bench.common import isolated, print_table
+from bench.baselines import aiokafka_rate, plain_consumer_rate, same_work_baseline
+from bench.common import ingest_rate, isolated, print_table
 from streams.loadgen import synthetic_events
 from streams.replay import publish_events
 from streams.settings import Settings
-from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, TopicSpec, create_topics, topic_name
+from streams.topics import INTERACTIONS, topic_name
 from streams.worker_process import free_port, run_worker, wait_until
 
 
@@ -47,16 +45,13 @@ def agent_rate(settings: Settings, expected: int, log_dir: Path, workers: int) -
             return total >= expected and back >= out
 
         wait_until(done, 600, "all events", poll_s=0.25)
-        metrics: dict[str, float] = {}
-        for worker in procs:
-            for name, value in worker.metrics().items():
-                metrics[name] = max(metrics.get(name, 0.0), value) if name.endswith("_at_seconds") else (
-                    metrics.get(name, 0.0) + value)
-        # The workers' own clocks: from the first batch processed to the last (no polling in the measurement).
-        first_at = min(worker.metric("explorer_ingest_first_batch_at_seconds") for worker in procs)
-        elapsed = metrics["explorer_ingest_last_batch_at_seconds"] - first_at
-        first = sum(worker.metric("explorer_ingest_first_batch_records") for worker in procs)  # before the clock
-    return (expected - first) / elapsed, metrics
+        each = [worker.metrics() for worker in procs]
+    metrics: dict[str, float] = {}
+    for samples in each:
+        for name, value in samples.items():
+            metrics[name] = max(metrics.get(name, 0.0), value) if name.endswith("_at_seconds") else (
+                metrics.get(name, 0.0) + value)
+    return ingest_rate(each, expected), metrics
 
 
 def clusters_dir(root: Path, base: Settings) -> Path:
@@ -77,9 +72,6 @@ def main() -> None:
     parser.add_argument("--reroute", action="store_true", help="also measure records that all need the reroute")
     args = parser.parse_args()
 
-    from models.clusters import load_serving
-    from models.knowledge import KnowledgeStore
-
     base = Settings()
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,14 +88,7 @@ def main() -> None:
 
         ceiling = plain_consumer_rate(settings, topic, args.events)
         transport = aiokafka_rate(settings, topic, args.events)
-        clusters = load_serving(base.model_copy(update={"data_dir": counting}))
-        same = group("same", data_dir=root / "same")
-        shutil.copytree(counting / "clusters", root / "same" / "clusters")
-        changelog = f"{same.app_id}-baseline-changelog"
-        create_topics(same, specs=[TopicSpec("baseline-changelog", changelog, args.partitions, 1, {})])
-        knowledge = KnowledgeStore.from_settings(same, clusters.version)
-        no_framework = same_work_rate(same, topic, args.events, clusters.cluster_of, changelog,
-                                      topic_name(same, INTERACTIONS_DLQ), knowledge)
+        no_framework = same_work_baseline(group("same", data_dir=root / "same"), counting, args.partitions)(args.events)
         validate_only, _ = agent_rate(group("validate"), args.events, root, 1)
         full: dict[int, tuple[float, dict[str, float]]] = {}
         for count in args.workers:

@@ -17,33 +17,23 @@ Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`).
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from bench.baselines import same_work_rate
-from bench.common import BackgroundReplay, isolated, print_table
+from bench.baselines import same_work_baseline
+from bench.common import BackgroundReplay, ingest_rate, isolated, print_table
 from bench.ingest import clusters_dir
 from streams.settings import Settings
-from streams.topics import INTERACTIONS, INTERACTIONS_DLQ, TopicSpec, create_topics, topic_name
 from streams.worker_process import free_port, run_worker, wait_until
 
 
 def baseline_run(base: Settings, root: Path, counting: Path, events: int, partitions: int) -> tuple[float, float, float]:
-    from models.clusters import load_serving
-    from models.knowledge import KnowledgeStore
-
     settings = isolated(base, "live-same", data_dir=root / "same", interactions_partitions=partitions)
-    shutil.copytree(counting / "clusters", root / "same" / "clusters")
-    clusters = load_serving(settings)
-    changelog = f"{settings.app_id}-baseline-changelog"
-    create_topics(settings, specs=[TopicSpec("baseline-changelog", changelog, partitions, 1, {})])
-    knowledge = KnowledgeStore.from_settings(settings, clusters.version)
+    measure = same_work_baseline(settings, counting, partitions)
     published = BackgroundReplay(settings, events, None, users=5_000, seed=11)
     published.start()
-    rate = same_work_rate(settings, topic_name(settings, INTERACTIONS), events, clusters.cluster_of, changelog,
-                          topic_name(settings, INTERACTIONS_DLQ), knowledge)
+    rate = measure(events)
     done = time.perf_counter()
     publisher_rate = published.join()
     return publisher_rate, rate, done - published.ended
@@ -59,11 +49,9 @@ def worker_run(base: Settings, root: Path, counting: Path, events: int, partitio
         wait_until(lambda: worker.metric("explorer_events_in_total") >= events, 600, "the worker to read everything",
                    poll_s=0.05)
         done = time.perf_counter()
-        first_at = worker.metric("explorer_ingest_first_batch_at_seconds")
-        last_at = worker.metric("explorer_ingest_last_batch_at_seconds")
-        first = worker.metric("explorer_ingest_first_batch_records")
+        rate = ingest_rate([worker.metrics()], events)
     publisher_rate = published.join()
-    return publisher_rate, (events - first) / (last_at - first_at), done - published.ended
+    return publisher_rate, rate, done - published.ended
 
 
 def main() -> None:
