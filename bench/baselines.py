@@ -6,13 +6,17 @@
   decode and validation (streams/validation.py), the partition state (transitions, trends, recent items:
   models/partition_state.py), dead letters and the changelog writes produced and delivered before each commit, and
   (when a knowledge store is given) the LanceDB sync every 0.5 s from one thread, under the worker's garbage-collection
-  settings (the start-up and survivor freezes) -- the honest yardstick for the Faust worker's full pipeline.
+  settings (the start-up and survivor freezes) -- the honest yardstick for the Faust worker's full pipeline;
+* `RequestEcho` -- for the latency bench: a process of its own answering every request on its topics at once with a
+  fixed record, through plain librdkafka (the worker's fetch wait and linger): what a request's trip through this
+  broker costs on these cores with no work and no event loop behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable
@@ -183,3 +187,55 @@ def _same_work_loop(settings: Settings, topic: str, expected: int, consumer: Any
     consumer.close()
     executor.shutdown()
     return seen / elapsed
+
+
+class RequestEcho:
+    """A stand-in recommender in a process of its own: every request on `settings`' request topic is answered at
+    once on its recommendations topic with a fixed record (`source` "echo", the request's id, user and ts, and
+    `produced_at`) -- the floor a request's round trip through the broker has on this machine, with the same
+    fetch wait and linger as the worker's."""
+
+    def __init__(self, settings: Settings) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._ready = context.Event()
+        self._process = context.Process(target=_echo_requests, args=(settings, self._stop, self._ready), daemon=True)
+
+    def __enter__(self) -> RequestEcho:
+        self._process.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the request echo did not get its partitions within 60 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(30)
+
+
+def _echo_requests(settings: Settings, stop: Any, ready: Any) -> None:
+    import orjson
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from streams.topics import RECOMMENDATION_REQUESTS, RECOMMENDATIONS, topic_name
+
+    requests, answers = topic_name(settings, RECOMMENDATION_REQUESTS), topic_name(settings, RECOMMENDATIONS)
+    consumer = Consumer(confluent_config(settings, **{
+        "group.id": f"{settings.app_id}-echo", "enable.auto.commit": False,
+        "fetch.wait.max.ms": max(1, int(settings.consumer_fetch_max_wait_s * 1000))}))
+    producer = Producer(confluent_config(settings, **{"linger.ms": settings.producer_linger_s * 1000}))
+    partitions = consumer.list_topics(requests, timeout=10).topics[requests].partitions
+    start = [TopicPartition(requests, p, consumer.get_watermark_offsets(TopicPartition(requests, p), timeout=10)[1])
+             for p in partitions]
+    consumer.assign(start)  # from each partition's end: every request sent after `ready` is answered
+    ready.set()
+    while not stop.is_set():
+        message = consumer.poll(0.05)
+        if message is None or message.error() is not None:
+            continue
+        request = orjson.loads(message.value())
+        producer.produce(answers, key=message.key(), value=orjson.dumps({
+            "request_id": request["request_id"], "user_id": request["user_id"], "ts": request["ts"],
+            "produced_at": time.time(), "source": "echo"}))
+        producer.poll(0)
+    producer.flush(10)
+    consumer.close()

@@ -14,6 +14,9 @@ pair table's bulk throughput.
 
 5. With ``--under-replay N`` the table hits are timed again while N synthetic events are published at full speed
    from a process of its own (an upstream service; ``--replay-in-process``: a thread of this process, as before).
+   Each hit alternates with a request to a stand-in recommender on topics of its own (bench.baselines.RequestEcho:
+   a plain librdkafka process answering at once): the floor of a request's round trip on the same cores, under the
+   same load, in the same seconds -- idle too, before the replay.
 
     python -m bench.recommend_latency [--ratings 20000] [--hits 200] [--under-replay 300000]
 
@@ -26,9 +29,11 @@ import argparse
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
+from bench.baselines import RequestEcho
 from bench.common import BackgroundReplay, histogram_mean_ms, isolated, print_table
 from models.clusters import build_clusters
 from models.knowledge import KnowledgeStore
@@ -72,15 +77,23 @@ class Timed(NamedTuple):
     back_ms: float  # answer produced -> received
 
 
+def timed(client: RecommendationClient, user: str) -> Timed:
+    answer = client.recommend(user, timeout_s=120)
+    rec = answer.recommendation
+    return Timed(rec["source"], answer.latency_s * 1000, (rec["produced_at"] - rec["ts"]) * 1000,
+                 (answer.received_at - rec["produced_at"]) * 1000)
+
+
 def timed_requests(settings: Settings, users: list[str]) -> list[Timed]:
-    results = []
     with RecommendationClient(settings) as client:
-        for user in users:
-            answer = client.recommend(user, timeout_s=120)
-            rec = answer.recommendation
-            results.append(Timed(rec["source"], answer.latency_s * 1000, (rec["produced_at"] - rec["ts"]) * 1000,
-                                 (answer.received_at - rec["produced_at"]) * 1000))
-    return results
+        return [timed(client, user) for user in users]
+
+
+def timed_alternately(settings: Settings, echo_settings: Settings, users: list[str]) -> tuple[list[Timed], list[Timed]]:
+    """Each user's request to the worker, then one to the echo: both measured over the same stretch of load."""
+    with RecommendationClient(settings) as client, RecommendationClient(echo_settings) as echo:
+        pairs = [(timed(client, user), timed(echo, user)) for user in users]
+    return [worker for worker, _ in pairs], [floor for _, floor in pairs]
 
 
 def spread(values: list[float]) -> str:
@@ -109,6 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(data_dir=Path(tmp) / "data", web_port=free_port(), pair_refresh_enabled=False)
         settings = isolated(base, "latency")
+        echo_settings = isolated(base, "latency-echo")
         clusters = build_clusters(settings)
         train_and_save(settings, SequenceConfig.from_settings(settings, max_epochs=3), progress=False)
         ratings = load_ratings(dataset_dir(settings, progress=False))[: args.ratings]
@@ -138,14 +152,17 @@ def main() -> None:
             seen.add(by_user[user])
             miss_users.append(user)
         miss_users = miss_users[: args.misses]
-        with run_worker(settings, Path(tmp)) as worker:
+        with run_worker(settings, Path(tmp)) as worker, ExitStack() as stack:
             wait_until(lambda: worker.metric("explorer_pair_table_rows") >= len(table_pairs), 120,
                        "the worker to load the pair table")
             timed_requests(settings, hit_users[:5])  # warm-up: connections, first forward pass
             hits = timed_requests(settings, hit_users)
             misses = timed_requests(settings, miss_users)
-            loaded = None
+            loaded = echo_idle = echo_loaded = None
             if args.under_replay:
+                stack.enter_context(RequestEcho(echo_settings))
+                timed_requests(echo_settings, hit_users[:5])
+                _, echo_idle = timed_alternately(settings, echo_settings, hit_users)
                 replay = BackgroundReplay(settings, args.under_replay, args.replay_rate,
                                           in_process=args.replay_in_process, nice=args.replay_nice,
                                           users=5_000, seed=99,
@@ -154,7 +171,7 @@ def main() -> None:
                 replay.start()
                 wait_until(lambda: worker.metric("explorer_events_in_total") > args.ratings + 1_000, 60,
                            "the worker to ingest the replay")
-                loaded = timed_requests(settings, hit_users)
+                loaded, echo_loaded = timed_alternately(settings, echo_settings, hit_users)
                 after = worker.metrics()
                 ingested = worker.metric("explorer_events_in_total") - args.ratings
                 replay.join()
@@ -182,8 +199,11 @@ def main() -> None:
                      else f"its own process at nice {args.replay_nice}" if args.replay_nice else "its own process")
         runs.append((f"table hits during a replay at {pace} from {publisher} ({ingested:,.0f} events ingested "
                      "meanwhile)", loaded))
+        runs.append(("the floor: a plain librdkafka echo process on topics of its own, idle (alternating with hits)",
+                     echo_idle))
+        runs.append(("the floor: the echo during the same replay, alternating with the hits above", echo_loaded))
     for name, results in runs:
-        sources = {s: sum(1 for r in results if r.source == s) for s in ("table", "llm", "fallback")}
+        sources = {s: sum(1 for r in results if r.source == s) for s in ("table", "llm", "fallback", "echo")}
         rows.append((name, f"n={len(results)} {spread([r.total_ms for r in results])}; sources {sources}"))
         rows.append(("  request made -> answer produced (worker side and the request's trip)",
                      spread([r.to_answer_ms for r in results])))
