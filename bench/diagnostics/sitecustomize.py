@@ -1,0 +1,107 @@
+"""Where a request's time goes inside a worker: a diagnostic, loaded only when asked for.
+
+    PYTHONPATH=bench/diagnostics DIAG_REQUEST_HOPS=1 python -m bench.recommend_latency ...
+
+Python imports a `sitecustomize` module at start-up in every process; in an `explorer worker` process with the variable
+set this one wraps a few methods (after the worker imported them) to time, per request, how long after its append
+(the record's timestamp) it was (1) returned by a fetch in Faust's consumer thread, (2) handed to the worker's main
+loop, (3) given to the recommender agent, (4) answered, and (5) delivered; every 2 s it writes the samples to
+`$TMPDIR/explorer-request-hops-<pid>.json` (lists in arrival order: the bench's phases follow one another). It patches
+private methods of Faust and of agents/ on purpose -- a measurement aid, never imported by the product.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+SAMPLES: dict[str, list[float]] = {}
+
+
+def _record(name: str, seconds: float) -> None:
+    SAMPLES.setdefault(name, []).append(seconds)
+
+
+def _is_request(topic: str) -> bool:
+    return "recommendation-requests" in topic
+
+
+def _wrap(owner: Any, name: str, after: Any) -> None:
+    """Replace the coroutine method `owner.name` by one that awaits it, then calls after(result, *args)."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        after(result, *args)
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def _patch() -> None:
+    while not all(hasattr(sys.modules.get(module), cls) for module, cls in
+                  (("agents.recommender", "RecommenderAgent"), ("agents.batching", "BatchingConsumer"))):
+        time.sleep(0.05)
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    import agents.batching as batching
+    import agents.recommender as recommender
+
+    def ages(label: str, records_by_tp: Any) -> None:
+        now = time.time()
+        for tp, records in (records_by_tp or {}).items():
+            if _is_request(tp.topic):
+                for record in records:
+                    _record(label, now - record.timestamp / 1000)
+
+    _wrap(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records",
+          lambda result, *_: ages("1_fetched_in_consumer_thread", result))
+    _wrap(batching.BatchingConsumer, "_next_records", lambda result, *_: ages("2_on_main_loop", result[0]))
+
+    handle = recommender.RecommenderAgent.handle
+
+    async def handled(self: Any, batch: Any) -> None:
+        now = time.time()
+        for record in batch.records:
+            _record("3_handed_to_agent", now - record.timestamp / 1000)
+        await handle(self, batch)
+
+    recommender.RecommenderAgent.handle = handled
+    answer = recommender.RequestHandler.answer
+
+    async def answered(self: Any, request: Any, partition: int, waited_s: float) -> bytes:
+        started = time.perf_counter()
+        value = await answer(self, request, partition, waited_s)
+        _record("4_answer_computed_in", time.perf_counter() - started)
+        return value
+
+    recommender.RequestHandler.answer = answered
+    request = recommender.RecommenderAgent._request
+
+    async def requested(self: Any, request_: Any, partition: int, record: Any) -> None:
+        started = time.perf_counter()
+        await request(self, request_, partition, record)
+        _record("5_handler_total_incl_deliveries", time.perf_counter() - started)
+        _record("6_delivered_after_append", time.time() - record.timestamp / 1000)
+
+    recommender.RecommenderAgent._request = requested
+
+
+def _dump() -> None:
+    path = os.path.join(tempfile.gettempdir(), f"explorer-request-hops-{os.getpid()}.json")
+    while True:
+        time.sleep(2)
+        with open(path, "w") as out:
+            json.dump(SAMPLES, out)
+
+
+if os.environ.get("DIAG_REQUEST_HOPS") and "worker" in sys.argv[1:3]:  # `-m streams.cli worker`, `explorer worker`
+    threading.Thread(target=_patch, daemon=True, name="diag-patch").start()
+    threading.Thread(target=_dump, daemon=True, name="diag-dump").start()
