@@ -122,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(data_dir=Path(tmp) / "data", web_port=free_port(), pair_refresh_enabled=False)
         settings = isolated(base, "latency")
-        echo_settings = isolated(base, "latency-echo")
+        echo_settings = isolated(base, "latency-echo") if args.under_replay else base  # the echo's own topics
         clusters = build_clusters(settings)
         train_and_save(settings, SequenceConfig.from_settings(settings, max_epochs=3), progress=False)
         ratings = load_ratings(dataset_dir(settings, progress=False))[: args.ratings]

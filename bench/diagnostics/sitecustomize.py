@@ -5,7 +5,8 @@
 Python imports a `sitecustomize` module at start-up in every process; in an `explorer worker` process with the variable
 set this one wraps a few methods (after the worker imported them) to time, per request, how long after its append
 (the record's timestamp) it was (1) returned by a fetch in Faust's consumer thread, (2) handed to the worker's main
-loop, (3) given to the recommender agent, (4) answered, and (5) delivered; every 2 s it writes the samples to
+loop, (3) given to the recommender agent, and (6) answered and delivered; and how long (4) computing the answer and
+(5) the handler as a whole (the answer, then its two deliveries) took; every 2 s it writes the samples to
 `$TMPDIR/explorer-request-hops-<pid>.json` (lists in arrival order: the bench's phases follow one another). It patches
 private methods of Faust and of agents/ on purpose -- a measurement aid, never imported by the product.
 """
@@ -98,8 +99,9 @@ def _dump() -> None:
     path = os.path.join(tempfile.gettempdir(), f"explorer-request-hops-{os.getpid()}.json")
     while True:
         time.sleep(2)
+        snapshot = {name: list(values) for name, values in list(SAMPLES.items())}  # the loop appends meanwhile
         with open(path, "w") as out:
-            json.dump(SAMPLES, out)
+            json.dump(snapshot, out)
 
 
 if os.environ.get("DIAG_REQUEST_HOPS") and "worker" in sys.argv[1:3]:  # `-m streams.cli worker`, `explorer worker`
