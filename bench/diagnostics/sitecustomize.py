@@ -29,10 +29,6 @@ def _record(name: str, seconds: float) -> None:
     SAMPLES.setdefault(name, []).append(seconds)
 
 
-def _is_request(topic: str) -> bool:
-    return "recommendation-requests" in topic
-
-
 def _wrap(owner: Any, name: str, after: Any) -> None:
     """Replace the coroutine method `owner.name` by one that awaits it, then calls after(result, *args)."""
     original = getattr(owner, name)
@@ -54,11 +50,12 @@ def _patch() -> None:
 
     import agents.batching as batching
     import agents.recommender as recommender
+    from streams.topics import RECOMMENDATION_REQUESTS  # in the request topic's name and its repartition topic's
 
     def ages(label: str, records_by_tp: Any) -> None:
         now = time.time()
         for tp, records in (records_by_tp or {}).items():
-            if _is_request(tp.topic):
+            if RECOMMENDATION_REQUESTS in tp.topic:
                 for record in records:
                     _record(label, now - record.timestamp / 1000)
 
