@@ -101,12 +101,13 @@ class ClusterMass:
         return mass / mass.sum(), best[wanted]
 
 
-def times_sequence_mass(distribution: Mapping[str, float], mass: Mapping[str, float] | None) -> dict[str, float]:
-    """``distribution x mass`` renormalised (the product of the two experts); `distribution` itself when there is
-    no mass or the product vanishes."""
+def times_sequence_mass(distribution: Mapping[str, float], mass: Mapping[str, float] | None,
+                        weight: float = 1.0) -> dict[str, float]:
+    """``distribution x mass ** weight`` renormalised (the product of the two experts, the sequence model's
+    exponent `weight`); `distribution` itself when there is no mass or the product vanishes."""
     if mass is None:
         return dict(distribution)
-    joint = {c: p * mass.get(c, 0.0) for c, p in distribution.items()}
+    joint = {c: p * mass.get(c, 0.0) ** weight for c, p in distribution.items()}
     total = sum(joint.values())
     if not total > 0:
         return dict(distribution)

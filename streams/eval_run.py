@@ -297,6 +297,10 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
     with _phase(phases, "calibration_s"):
         calibration = _calibrate(engine, llms, states, replayed, config, settings, clusters, split_day, version_of,
                                  ft_reason)
+        if any(s.pooled for s in _calibrated(llms)):
+            calibration["pool"] = _fit_pool(engine, llms, states, replayed, config, settings, clusters, split_day,
+                                            version_of, ratings[:timeline.split_index], _catalogue(wsettings, ratings),
+                                            calibration, cache_dir if config.cache else None, results)
     with _phase(phases, "inference_s"):
         plan = base_plan + _plan([s for s in llms if s.role != BASE and not s.skipped], states, by_state)
         engine.count(plan)
@@ -478,6 +482,64 @@ def _calibrate(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states
         strategy.ledger.cpu_s += cpu_s  # what the fit's inferences cost, charged like the strategy's own
     return {**fitted.as_dict(), "model": "early-window fine-tune", "window_days": config.early_gap_days,
             "from": time.strftime("%Y-%m-%d", time.gmtime(cut * 86_400)), "cpu_s": round(cpu_s, 1)}
+
+
+def _fit_pool(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states: Sequence[PointState],
+              replayed: _Replayed, config: EvalConfig, settings: Settings, clusters: ClusterSet, split_day: int,
+              version_of: Any, train_ratings: Sequence[Any], catalogue: Sequence[str], calibration: Mapping[str, Any],
+              cache_dir: Path | None, results: Mapping[str, StrategyResult]) -> dict[str, Any]:
+    """Fit the pooled strategies' exponents (models/evaluation/pooling.py) on the month before the split, after the
+    temperature and before any test case is read; a pooled strategy that cannot be fitted is skipped, not served
+    with unfitted weights."""
+    from models.calibration import fit_pool_weights
+    from models.evaluation.pooling import early_sequence_model, pool_cases, validation_cases
+    from models.finetune.curation import knowledge_at
+
+    pooled = [s for s in _calibrated(llms) if s.pooled]
+    early = states[0].models.get(EARLY)
+    reason = calibration.get("skipped") or (None if early is not None else "no early-window fine-tune")
+    if reason is None:
+        started = time.process_time()
+        cut = split_day - config.early_gap_days
+        cases = validation_cases(train_ratings, clusters.cluster_of, cut * 86_400.0, settings, config.horizon,
+                                 config.request_every, settings.recent_items_kept)
+        sequence = early_sequence_model(train_ratings, cut * 86_400.0, catalogue, settings,
+                                        cache_dir / "sequence" if cache_dir is not None else None)
+        knowledge = knowledge_at(replayed.counts[0], clusters, cut, settings)
+        assert early is not None
+        requests = {pair: InferenceRequest.of(SERVED_SCORES, early, version_of(early), pair, knowledge(pair))
+                    for pair in sorted({c.pair for c in cases})}
+        engine.count(list(requests.values()))
+        inferred = engine.run(list(requests.values()))
+        rows = {pair: inferred[r].result["scores"] for pair, r in requests.items()}
+        observed = pool_cases(cases, rows, SequenceScores(sequence, clusters, config.items_k))
+        temperature = pooled[0].temperature
+        try:
+            fitted = fit_pool_weights(observed, (1.0 / temperature, 1.0))
+        except ValueError as exc:
+            reason = str(exc)
+        else:
+            if min(fitted.weights) <= 0:
+                reason = f"a non-positive fitted exponent {fitted.weights}: the product cannot use it"
+    if reason is not None:
+        for strategy in pooled:
+            strategy.skipped = results[strategy.name].skipped = f"skipped: unfitted pool ({reason})"
+        return {"skipped": reason}
+    cpu_s = sum(inferred[r].cpu_s for r in requests.values()) + time.process_time() - started
+    for strategy in pooled:
+        strategy.temperature, strategy.sequence_weight = 1.0 / fitted.weights[0], fitted.weights[1]
+        strategy.ledger.cpu_s += cpu_s  # the validation inferences and the early sequence model
+    return {**fitted.as_dict(), "temperature": round(1.0 / fitted.weights[0], 3),
+            "sequence_weight": round(fitted.weights[1], 4), "start": [round(1.0 / temperature, 4), 1.0],
+            "sequence_model": sequence.version, "validation_cases": len(cases), "validation_pairs": len(requests),
+            "validation_users": len({c.user_id for c in cases}), "cpu_s": round(cpu_s, 1)}
+
+
+def _catalogue(settings: Settings, ratings: Sequence[Any]) -> list[str]:
+    """Every item a sequence model's vocabulary holds (models/sequence/build.train_and_save's)."""
+    from streams.movielens import dataset_dir, load_movies
+
+    return sorted(set(load_movies(dataset_dir(settings, progress=False))) | {r.item_id for r in ratings})
 
 
 def _outcome(case: Case, answer: Any, clusters: ClusterSet, scores: SequenceScores, head: frozenset[str],

@@ -205,14 +205,14 @@ class BackoffTimesSequence(Strategy):
 
 
 def times_sequence(distribution: Mapping[str, float], scores: SequenceScores, case: Case,
-                   tie_order: Sequence[str]) -> Answer:
-    """`distribution` multiplied by the sequence model's next-item mass per cluster for this case and renormalised,
-    ranked with ties in `tie_order`. Where the sequence model has no unseen item in any candidate, `distribution`
-    alone."""
+                   tie_order: Sequence[str], weight: float = 1.0) -> Answer:
+    """`distribution` multiplied by the sequence model's next-item mass per cluster for this case (raised to
+    `weight`) and renormalised, ranked with ties in `tie_order`. Where the sequence model has no unseen item in any
+    candidate, `distribution` alone."""
     from models.recommend import times_sequence_mass
 
     _, sequence_p = scores.clusters_for(case, list(distribution))
-    joint = times_sequence_mass(distribution, sequence_p)
+    joint = times_sequence_mass(distribution, sequence_p, weight)
     total = sum(joint.values())
     order = {c: i for i, c in enumerate(tie_order)}
     ranking = sorted(joint, key=lambda c: (-joint[c], order.get(c, len(order)), c))

@@ -15,6 +15,7 @@ hybrid-poe-seq  hybrid-poe x the sequence model's distribution for the user (per
 hybrid-seq      hybrid-scores' distribution x the sequence model's (per request), no counts -- same refresh rule
 hybrid-seq-sampled  hybrid-seq's distribution, the served cluster a seeded draw from it instead of its argmax
 hybrid-seq-sampled-sq  the same draw from that distribution squared (renormalised): between the argmax and the draw
+hybrid-seq-fitted  hybrid-seq with each expert's exponent fitted on a validation month (models/evaluation/pooling.py)
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -168,13 +169,17 @@ class ScoredTableStrategy(LlmTableStrategy):
     cluster is a draw from the final distribution (seeded by the seed and the case) instead of its argmax: what
     exploring by sampling costs in hit rate and buys in distinct clusters, on the same inferences; ``sample_power``
     draws from the distribution raised to it (2: squared, sharper -- a middle between the argmax, the limit, and
-    the plain draw, 1). The answer's ranking and distribution stay the unsharpened ones.
+    the plain draw, 1). The answer's ranking and distribution stay the unsharpened ones. The sequence model's mass
+    enters raised to ``sequence_weight`` (1 but for ``pooled`` strategies, whose temperature and weight are the
+    maximum-likelihood exponents of the product on the validation month: streams/eval_run.py).
     """
 
     combine: str = "model"
     backoff: CountBackoff | None = None  # required for "poe" and "poe-sequence"
     sequence: SequenceScores | None = None  # required for "poe-sequence" and "sequence"
     temperature: float = 1.0  # the model's log-probabilities are divided by it (> 1 flattens an over-confident model)
+    sequence_weight: float = 1.0  # the sequence model's mass is raised to it in the product
+    pooled: bool = False  # temperature and sequence_weight fitted together on user-level validation cases
     sample_seed: int | None = None  # serve a seeded draw from the distribution instead of its argmax
     sample_power: float = 1.0  # the draw's weights are the distribution raised to this power
 
@@ -198,7 +203,7 @@ class ScoredTableStrategy(LlmTableStrategy):
         if self.combine in ("poe-sequence", "sequence"):
             if self.sequence is None:
                 raise ValueError(f"{self.name}: this product of experts needs the sequence model's scores")
-            return times_sequence(distribution, self.sequence, case, list(order))
+            return times_sequence(distribution, self.sequence, case, list(order), self.sequence_weight)
         ranking = sorted(distribution, key=lambda c: (-distribution[c], order[c]))
         return Answer.ranked(ranking, distribution)
 
@@ -248,6 +253,10 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
                             "squared (seeded)", FINETUNE, "stream", n_clusters, version_of,
                             cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
                             sequence=sequence, sample_seed=seed, sample_power=2.0),
+        ScoredTableStrategy("hybrid-seq-fitted", "hybrid-seq, each expert's exponent fitted on the month before "
+                            "the split", FINETUNE, "stream", n_clusters, version_of,
+                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
+                            sequence=sequence, pooled=True),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

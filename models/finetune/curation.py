@@ -126,6 +126,15 @@ def knowledge_for(pair: Pair, train: TransitionCounts, trending: list[str], orde
     return Knowledge(top_next=ranked[:MAX_TOP_NEXT], trending=list(trending))
 
 
+def knowledge_at(counts: AllCounts, clusters: ClusterSet, day: int, settings: Settings) -> Callable[[Pair], Knowledge]:
+    """What a prompt shows for a pair at the start of `day`: the counts of the days before it and the trends of
+    the window before it (as the held-out pairs' knowledge)."""
+    order = {cid: i for i, cid in enumerate(clusters.clusters)}
+    train = _known(period_counts(counts, min(counts.daily), day), order)
+    trending = trending_before(counts, day, settings.window_days[0])
+    return lambda pair: knowledge_for(pair, train, trending, order)
+
+
 # ---------------------------------------------------------------------------------------------------- curation
 def curate(counts: AllCounts, clusters: ClusterSet, split_day: int, settings: Settings) -> Curated:
     """Training examples from the days before `split_day`, the held-out sample from the days from it on."""

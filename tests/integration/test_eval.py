@@ -16,11 +16,12 @@ from tests.harness import settings_env
 pytestmark = pytest.mark.integration
 
 STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq",
-              "hybrid-seq-sampled", "hybrid-seq-sampled-sq", "finetune-early", "hybrid-early", "random", "popular", "count",
+              "hybrid-seq-sampled", "hybrid-seq-sampled-sq", "hybrid-seq-fitted", "finetune-early", "hybrid-early", "random", "popular", "count",
               "backoff", "sequence", "backoff-x-sequence")
 PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
 RANKERS = ("random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")  # hit@3 (and the scored LLM tables)
-SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq", "hybrid-seq-sampled", "hybrid-seq-sampled-sq")
+SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq", "hybrid-seq-sampled", "hybrid-seq-sampled-sq",
+          "hybrid-seq-fitted")
 DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "backoff-x-sequence", *SCORED)  # log-loss
 
 
@@ -129,3 +130,7 @@ def test_eval_quick_with_a_budgeted_fine_tune(serving_settings, tmp_path) -> Non
     calibration = results["totals"]["calibration"]
     assert calibration["temperature"] > 0 and calibration["prompts"] > 0 and calibration["transitions"] > 0
     assert calibration["log_loss"] <= calibration["log_loss_uncalibrated"]
+    # ... and the pooled strategy's exponents on user-level cases of that month, no worse than the unfitted product
+    pool = calibration["pool"]
+    assert pool["validation_cases"] > 0 and pool["validation_pairs"] > 0 and min(pool["weights"]) > 0
+    assert pool["log_loss"] <= pool["log_loss_start"]

@@ -1,4 +1,5 @@
-"""Temperature scaling (models/calibration.py): the fit finds the temperature the data were drawn with."""
+"""Temperature scaling and the pool's exponents (models/calibration.py): each fit finds what the data were drawn
+with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import random
 
 import pytest
 
-from models.calibration import MAX_TEMPERATURE, Observed, fit_temperature, mean_log_loss
+from models.calibration import (
+    MAX_TEMPERATURE,
+    Observed,
+    PoolCase,
+    fit_pool_weights,
+    fit_temperature,
+    mean_log_loss,
+    pool_log_loss,
+)
 
 
 def sampled(true_temperature: float, prompts: int, draws: int, seed: int) -> list[Observed]:
@@ -49,3 +58,33 @@ def test_targets_outside_the_candidates_do_not_count_and_none_at_all_is_an_error
     assert mean_log_loss([with_outside], 2.0) == pytest.approx(mean_log_loss([inside], 2.0))
     with pytest.raises(ValueError, match="nothing to calibrate"):
         fit_temperature([Observed({"a": 0.0}, {"z": 2})])
+
+
+# ---------------------------------------------------------------------------------------------------- pooling
+def pooled(true_weights: tuple[float, float], cases: int, seed: int) -> list[PoolCase]:
+    """Cases whose target is drawn from the log-linear pool exp(w1 f1 + w2 f2) of two random experts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(cases):
+        features = {f"c{k}": (rng.gauss(0.0, 2.0), math.log(rng.random() + 1e-3)) for k in range(12)}
+        weights = [math.exp(true_weights[0] * a + true_weights[1] * b) for a, b in features.values()]
+        out.append(PoolCase(features, rng.choices(list(features), weights=weights)[0]))
+    return out
+
+
+@pytest.mark.parametrize("true_weights", [(0.3, 1.0), (1.0, 0.4), (0.1, 2.0)])
+def test_the_pool_fit_recovers_the_exponents_the_targets_were_drawn_with(true_weights: tuple[float, float]) -> None:
+    cases = pooled(true_weights, cases=3000, seed=11)
+    fitted = fit_pool_weights(cases, start=(1.0, 1.0))
+    assert fitted.weights == pytest.approx(true_weights, abs=0.12)
+    assert fitted.log_loss <= fitted.log_loss_start and fitted.cases == 3000
+    assert fitted.log_loss == pytest.approx(pool_log_loss(cases, fitted.weights))
+    for nudge in ((0.1, 0.0), (-0.1, 0.0), (0.0, 0.1), (0.0, -0.1)):  # a minimum: every neighbour is worse
+        assert pool_log_loss(cases, [w + d for w, d in zip(fitted.weights, nudge)]) > fitted.log_loss
+
+
+def test_the_pool_fit_refuses_no_cases_and_a_target_outside_the_candidates() -> None:
+    with pytest.raises(ValueError, match="no case"):
+        fit_pool_weights([], start=(1.0, 1.0))
+    with pytest.raises(ValueError, match="not among"):
+        fit_pool_weights([PoolCase({"a": (0.0, 0.0)}, "b")], start=(1.0, 1.0))

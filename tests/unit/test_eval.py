@@ -110,6 +110,28 @@ def test_request_cases_follow_every_nth_positive_after_the_split() -> None:
     assert first.future_clusters == {"e", "f"} and first.next_novel == "e"
 
 
+def test_validation_cases_are_the_month_before_the_split_and_never_see_past_it() -> None:
+    from models.evaluation.pooling import validation_cases
+    from streams.settings import Settings
+
+    cut = 10 * DAY
+    train = [Rating("u", f"i{k}", 5.0, ts) for k, ts in enumerate([1.0, 2.0, cut + 1, cut + 2])]  # test period: i4
+    found = validation_cases(train, clusters().cluster_of, cut, Settings(), Horizon(10), request_every=1, kept=50)
+    # triggers before the cut are no case; the last training engagement has no future inside the training period
+    assert [(c.ts, c.pair, c.next_novel, c.state) for c in found] == [(cut + 1, ("c1", "c2"), "c3", 0)]
+    assert found[0].future_clusters == {"c3"} and found[0].recent_items == ("i0", "i1", "i2")
+    assert validation_cases([], clusters().cluster_of, cut, Settings(), Horizon(10), 1, 50) == []
+
+
+def test_the_sequence_weight_is_an_exponent_on_the_mass() -> None:
+    from models.recommend import times_sequence_mass
+
+    distribution, mass = {"a": 0.5, "b": 0.5}, {"a": 0.8, "b": 0.2}
+    assert times_sequence_mass(distribution, mass) == pytest.approx({"a": 0.8, "b": 0.2})
+    assert times_sequence_mass(distribution, mass, 2.0) == pytest.approx({"a": 0.64 / 0.68, "b": 0.04 / 0.68})
+    assert times_sequence_mass(distribution, mass, 0.0) == pytest.approx(distribution)
+
+
 def test_all_cases_holds_both_anchors_in_a_fixed_order() -> None:
     timeline = Timeline(split_index=0, split_ts=10.0, end_ts=100.0, points=(30.0, 60.0))
     users = {"v": events((1.0, "x", "a"), (2.0, "y", "b"), (40.0, "z", "c"), (70.0, "w", "d")),
