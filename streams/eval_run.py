@@ -231,7 +231,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
     backoff = CountBackoff(clusters, config.backoff_k, config.backoff_m)
     scores = SequenceScores(sequence, clusters, config.items_k)  # prepared for the cases after the replay
     llms = llm_strategies(len(clusters.clusters), version_of, config.finetune_every, config.early_gap_days,
-                          backoff=backoff, sequence=scores, seed=config.seed)
+                          backoff=backoff, sequence=scores, seed=config.seed, prior_k=config.backoff_k)
     for strategy in llms:
         if config.llm_strategies is not None and strategy.name not in config.llm_strategies:
             strategy.skipped = "skipped: not selected (EXPLORER_EVAL_LLM_STRATEGIES)"
@@ -298,7 +298,7 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
         calibration = _calibrate(engine, llms, states, replayed, config, settings, clusters, split_day, version_of,
                                  ft_reason)
         if any(s.pooled for s in _calibrated(llms)):
-            calibration["pool"] = _fit_pool(engine, llms, states, replayed, config, settings, clusters, split_day,
+            calibration |= _fit_pool(engine, llms, states, replayed, config, settings, clusters, split_day,
                                             version_of, ratings[:timeline.split_index], _catalogue(wsettings, ratings),
                                             calibration, cache_dir if config.cache else None, results)
     with _phase(phases, "inference_s"):
@@ -489,50 +489,64 @@ def _fit_pool(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states:
               version_of: Any, train_ratings: Sequence[Any], catalogue: Sequence[str], calibration: Mapping[str, Any],
               cache_dir: Path | None, results: Mapping[str, StrategyResult]) -> dict[str, Any]:
     """Fit the pooled strategies' exponents (models/evaluation/pooling.py) on the month before the split, after the
-    temperature and before any test case is read; a pooled strategy that cannot be fitted is skipped, not served
-    with unfitted weights."""
+    temperature and before any test case is read: {"pool": the two experts' fit, "pool_prior": the fit with the
+    prior as a third}, for the strategies that use each. A pooled strategy that cannot be fitted is skipped, not
+    served with unfitted weights."""
     from models.calibration import fit_pool_weights
-    from models.evaluation.pooling import early_sequence_model, pool_cases, validation_cases
+    from models.evaluation.pooling import early_sequence_model, next_totals_before, pool_cases, validation_cases
     from models.finetune.curation import knowledge_at
 
-    pooled = [s for s in _calibrated(llms) if s.pooled]
+    groups = {key: [s for s in _calibrated(llms) if s.pooled and s.pool_prior == with_prior]
+              for key, with_prior in (("pool", False), ("pool_prior", True))}
+    groups = {key: pooled for key, pooled in groups.items() if pooled}
     early = states[0].models.get(EARLY)
     reason = calibration.get("skipped") or (None if early is not None else "no early-window fine-tune")
-    if reason is None:
-        started = time.process_time()
-        cut = split_day - config.early_gap_days
-        cases = validation_cases(train_ratings, clusters.cluster_of, cut * 86_400.0, settings, config.horizon,
-                                 config.request_every, settings.recent_items_kept)
-        sequence = early_sequence_model(train_ratings, cut * 86_400.0, catalogue, settings,
-                                        cache_dir / "sequence" if cache_dir is not None else None)
-        knowledge = knowledge_at(replayed.counts[0], clusters, cut, settings)
-        assert early is not None
-        requests = {pair: InferenceRequest.of(SERVED_SCORES, early, version_of(early), pair, knowledge(pair))
-                    for pair in sorted({c.pair for c in cases})}
-        engine.count(list(requests.values()))
-        inferred = engine.run(list(requests.values()))
-        rows = {pair: inferred[r].result["scores"] for pair, r in requests.items()}
-        observed = pool_cases(cases, rows, SequenceScores(sequence, clusters, config.items_k))
-        temperature = pooled[0].temperature
-        try:
-            fitted = fit_pool_weights(observed, (1.0 / temperature, 1.0))
-        except ValueError as exc:
-            reason = str(exc)
-        else:
-            if min(fitted.weights) <= 0:
-                reason = f"a non-positive fitted exponent {fitted.weights}: the product cannot use it"
     if reason is not None:
-        for strategy in pooled:
+        for strategy in (s for pooled in groups.values() for s in pooled):
             strategy.skipped = results[strategy.name].skipped = f"skipped: unfitted pool ({reason})"
-        return {"skipped": reason}
+        return {key: {"skipped": reason} for key in groups}
+    started = time.process_time()
+    cut = split_day - config.early_gap_days
+    cases = validation_cases(train_ratings, clusters.cluster_of, cut * 86_400.0, settings, config.horizon,
+                             config.request_every, settings.recent_items_kept)
+    sequence = early_sequence_model(train_ratings, cut * 86_400.0, catalogue, settings,
+                                    cache_dir / "sequence" if cache_dir is not None else None)
+    knowledge = knowledge_at(replayed.counts[0], clusters, cut, settings)
+    assert early is not None
+    requests = {pair: InferenceRequest.of(SERVED_SCORES, early, version_of(early), pair, knowledge(pair))
+                for pair in sorted({c.pair for c in cases})}
+    engine.count(list(requests.values()))
+    inferred = engine.run(list(requests.values()))
+    rows = {pair: inferred[r].result["scores"] for pair, r in requests.items()}
+    scores = SequenceScores(sequence, clusters, config.items_k)
     cpu_s = sum(inferred[r].cpu_s for r in requests.values()) + time.process_time() - started
-    for strategy in pooled:
-        strategy.temperature, strategy.sequence_weight = 1.0 / fitted.weights[0], fitted.weights[1]
-        strategy.ledger.cpu_s += cpu_s  # the validation inferences and the early sequence model
-    return {**fitted.as_dict(), "temperature": round(1.0 / fitted.weights[0], 3),
-            "sequence_weight": round(fitted.weights[1], 4), "start": [round(1.0 / temperature, 4), 1.0],
-            "sequence_model": sequence.version, "validation_cases": len(cases), "validation_pairs": len(requests),
-            "validation_users": len({c.user_id for c in cases}), "cpu_s": round(cpu_s, 1)}
+    out: dict[str, Any] = {}
+    for key, pooled in groups.items():
+        with_prior = pooled[0].pool_prior
+        prior_totals = next_totals_before(replayed.counts[0], cut) if with_prior else None
+        observed = pool_cases(cases, rows, scores, prior_totals, pooled[0].prior_k)
+        temperature = pooled[0].temperature
+        start = (1.0 / temperature, 1.0, *((0.0,) if with_prior else ()))
+        try:
+            fitted = fit_pool_weights(observed, start)
+            if min(fitted.weights[:2]) <= 0:  # the prior's exponent may take either sign
+                raise ValueError(f"a non-positive fitted exponent {fitted.weights}: the product cannot use it")
+        except ValueError as exc:
+            for strategy in pooled:
+                strategy.skipped = results[strategy.name].skipped = f"skipped: unfitted pool ({exc})"
+            out[key] = {"skipped": str(exc)}
+            continue
+        for strategy in pooled:
+            strategy.temperature, strategy.sequence_weight = 1.0 / fitted.weights[0], fitted.weights[1]
+            strategy.prior_weight = fitted.weights[2] if with_prior else 0.0
+            strategy.ledger.cpu_s += cpu_s  # the validation inferences and the early sequence model
+        out[key] = {**fitted.as_dict(), "temperature": round(1.0 / fitted.weights[0], 3),
+                    "sequence_weight": round(fitted.weights[1], 4),
+                    **({"prior_weight": round(fitted.weights[2], 4)} if with_prior else {}),
+                    "start": [round(w, 4) for w in start], "sequence_model": sequence.version,
+                    "validation_cases": len(cases), "validation_pairs": len(requests),
+                    "validation_users": len({c.user_id for c in cases}), "cpu_s": round(cpu_s, 1)}
+    return out
 
 
 def _catalogue(settings: Settings, ratings: Sequence[Any]) -> list[str]:

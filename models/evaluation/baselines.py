@@ -106,7 +106,7 @@ class PopularNovel(Strategy):
             def one(pair: Pair) -> Answer:
                 order = fallback_order(pair, [(c, totals[c]) for c in ranked], state.knowledge.trending,
                                        self.clusters)
-                return Answer.ranked(order, _smoothed(order, totals, self.k))
+                return Answer.ranked(order, smoothed(order, totals, self.k))
 
             return _per_pair(cases, one)
 
@@ -158,7 +158,7 @@ class CountBackoff(Strategy):
     def distribution_answer(self, pair: Pair, pair_counts: Mapping[str, int], last_counts: Mapping[str, int],
                             totals: Mapping[str, int]) -> Answer:
         candidates = candidate_ids(pair, self.clusters)
-        p = _smoothed(candidates, totals, self.k)
+        p = smoothed(candidates, totals, self.k)
         for counts in (last_counts, pair_counts):  # each level is smoothed towards the one below it
             n = sum(counts.get(c, 0) for c in candidates)
             p = {c: (counts.get(c, 0) + self.m * p[c]) / (n + self.m) for c in candidates}
@@ -219,7 +219,7 @@ def times_sequence(distribution: Mapping[str, float], scores: SequenceScores, ca
     return Answer.ranked(ranking, {c: v / total for c, v in joint.items()})
 
 
-def _smoothed(candidates: Sequence[str], counts: Mapping[str, int], k: float) -> dict[str, float]:
+def smoothed(candidates: Sequence[str], counts: Mapping[str, int], k: float) -> dict[str, float]:
     """Add-k smoothed shares of `counts` over `candidates`."""
     total = sum(counts.get(c, 0) + k for c in candidates)
     return {c: (counts.get(c, 0) + k) / total for c in candidates}

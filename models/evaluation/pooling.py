@@ -13,6 +13,10 @@ user-level cases; here those cases come from the month before the split:
 * **the sequence expert**: a SASRec with the serving configuration trained on the ratings before `cut`, cached
   under the evaluation's cache by a digest of its inputs (its training is deterministic per install).
 
+* **the prior** (a third expert for hybrid-seq-fitted-prior): the add-k shares of transitions into each cluster on
+  the days before the cut. Two posteriors multiplied count the prior twice (p1 p2 ∝ p(c | both) p(c) when their
+  evidence is independent given c), so its fitted exponent says how much of it the product should divide out.
+
 Neither expert saw the month, so the fitted weights are what the test period's own, fresher models should use.
 """
 
@@ -27,6 +31,8 @@ from typing import Any
 import orjson
 
 from models.calibration import PoolCase
+from models.counts import AllCounts
+from models.evaluation.baselines import smoothed
 from models.evaluation.grounding import SequenceScores
 from models.evaluation.protocol import Case, Horizon, Timeline, request_cases, user_events
 from streams.settings import Settings
@@ -74,9 +80,22 @@ def early_sequence_model(train_ratings: Sequence[Any], cut_ts: float, catalogue:
     return model
 
 
+def next_totals_before(counts: AllCounts, day: int) -> dict[str, int]:
+    """Transitions into each cluster on the days before `day` (the next-cluster prior's counts at the cut)."""
+    from models.finetune.curation import period_counts
+
+    totals: dict[str, int] = {}
+    for row in period_counts(counts, min(counts.daily), day).values():
+        for c3, n in row.items():
+            totals[c3] = totals.get(c3, 0) + n
+    return totals
+
+
 def pool_cases(cases: Sequence[Case], llm_log_probs: Mapping[Pair, Mapping[str, float]],
-               sequence: SequenceScores) -> list[PoolCase]:
-    """Each case's candidates (the LLM row's novel clusters) with (LLM log-probability, log sequence mass)."""
+               sequence: SequenceScores, prior_totals: Mapping[str, int] | None = None,
+               prior_k: float = 1.0) -> list[PoolCase]:
+    """Each case's candidates (the LLM row's novel clusters) with (LLM log-probability, log sequence mass) and,
+    with `prior_totals`, the log of the next-cluster prior (add-`prior_k` shares over the candidates)."""
     sequence.prepare(cases)
     out = []
     for case in cases:
@@ -85,6 +104,8 @@ def pool_cases(cases: Sequence[Case], llm_log_probs: Mapping[Pair, Mapping[str, 
         if case.next_novel not in scores:
             continue  # a cluster the row cannot name (another clusters version): nothing to learn from
         _, mass = sequence.clusters_for(case, candidates)
-        out.append(PoolCase({c: (float(scores[c]), math.log(max(mass[c], MASS_FLOOR))) for c in candidates},
+        prior = smoothed(candidates, prior_totals, prior_k) if prior_totals is not None else None
+        out.append(PoolCase({c: (float(scores[c]), math.log(max(mass[c], MASS_FLOOR)),
+                                 *((math.log(prior[c]),) if prior is not None else ())) for c in candidates},
                             case.next_novel))
     return out

@@ -210,18 +210,21 @@ def _calibration_text(calibration: dict[str, Any]) -> str:
             f"({calibration['transitions']} transitions) of the {calibration['window_days']} days from "
             f"{calibration['from']} to the split, scored by the {calibration['model']} that never saw them — never on "
             f"the test period; their log-loss {calibration['log_loss_uncalibrated']:.2f} at T = 1, "
-            f"{calibration['log_loss']:.2f} at T ({calibration['cpu_s']} CPU s).{_pool_text(calibration.get('pool'))}")
+            f"{calibration['log_loss']:.2f} at T ({calibration['cpu_s']} CPU s)."
+            f"{_pool_text(calibration.get('pool'), 'hybrid-seq-fitted')}"
+            f"{_pool_text(calibration.get('pool_prior'), 'hybrid-seq-fitted-prior')}")
 
 
-def _pool_text(pool: dict[str, Any] | None) -> str:
+def _pool_text(pool: dict[str, Any] | None, name: str) -> str:
     if not pool:
         return ""
     if "weights" not in pool:
-        return f" The pooled strategies' exponents: not fitted ({pool.get('skipped', 'no reason given')})."
-    return (f" The pooled strategies' exponents (models/evaluation/pooling.py), fitted on {pool['validation_cases']} "
+        return f" {name}'s exponents: not fitted ({pool.get('skipped', 'no reason given')})."
+    prior = f", next-cluster prior {pool['prior_weight']:+.3f}" if "prior_weight" in pool else ""
+    return (f" {name}'s exponents (models/evaluation/pooling.py), fitted on {pool['validation_cases']} "
             f"request cases of {pool['validation_users']} users in the same 30 days ({pool['validation_pairs']} pairs "
             f"scored by the same model, a sequence model `{pool['sequence_model']}` trained on the ratings before "
-            f"them): LLM temperature {pool['temperature']:.2f}, sequence weight {pool['sequence_weight']:.3f}; "
+            f"them): LLM temperature {pool['temperature']:.2f}, sequence weight {pool['sequence_weight']:.3f}{prior}; "
             f"those cases' log-loss {pool['log_loss_start']:.3f} with the unfitted product (T, 1), "
             f"{pool['log_loss']:.3f} fitted ({pool['cpu_s']} CPU s).")
 

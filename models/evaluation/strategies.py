@@ -16,6 +16,8 @@ hybrid-seq      hybrid-scores' distribution x the sequence model's (per request)
 hybrid-seq-sampled  hybrid-seq's distribution, the served cluster a seeded draw from it instead of its argmax
 hybrid-seq-sampled-sq  the same draw from that distribution squared (renormalised): between the argmax and the draw
 hybrid-seq-fitted  hybrid-seq with each expert's exponent fitted on a validation month (models/evaluation/pooling.py)
+hybrid-seq-fitted-prior  the same with the next-cluster prior as a third expert: a product of two posteriors counts
+                the prior twice, so its fitted exponent says how much to divide out
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from models.calibration import normalised, softmax
 from models.clusters import ClusterSet
-from models.evaluation.baselines import CountBackoff, times_sequence
+from models.evaluation.baselines import CountBackoff, next_totals, smoothed, times_sequence
 from models.evaluation.grounding import SequenceScores
 from models.evaluation.inference import SERVED_SCORES
 from models.evaluation.interface import Answer, InferenceRequest, Inferred, PointState, Snapshot, Strategy
@@ -180,6 +182,10 @@ class ScoredTableStrategy(LlmTableStrategy):
     temperature: float = 1.0  # the model's log-probabilities are divided by it (> 1 flattens an over-confident model)
     sequence_weight: float = 1.0  # the sequence model's mass is raised to it in the product
     pooled: bool = False  # temperature and sequence_weight fitted together on user-level validation cases
+    pool_prior: bool = False  # ... and a third expert, the next-cluster prior (its exponent `prior_weight`)
+    prior_weight: float = 0.0  # the prior (add-`prior_k` shares of transitions into each cluster) raised to it
+    prior_k: float = 1.0
+    _totals: dict[int, dict[str, int]] = field(default_factory=dict)  # state -> its next-cluster totals
     sample_seed: int | None = None  # serve a seeded draw from the distribution instead of its argmax
     sample_power: float = 1.0  # the draw's weights are the distribution raised to this power
 
@@ -200,12 +206,22 @@ class ScoredTableStrategy(LlmTableStrategy):
             counts = self.backoff.pair_answer(state, case.pair).distribution
             assert counts is not None
             distribution = normalised({c: p * counts[c] for c, p in distribution.items()})
+        if self.prior_weight:
+            prior = self._prior(state, list(distribution))
+            distribution = normalised({c: p * prior[c] ** self.prior_weight for c, p in distribution.items()})
         if self.combine in ("poe-sequence", "sequence"):
             if self.sequence is None:
                 raise ValueError(f"{self.name}: this product of experts needs the sequence model's scores")
             return times_sequence(distribution, self.sequence, case, list(order), self.sequence_weight)
         ranking = sorted(distribution, key=lambda c: (-distribution[c], order[c]))
         return Answer.ranked(ranking, distribution)
+
+
+    def _prior(self, state: PointState, candidates: list[str]) -> dict[str, float]:
+        """The next-cluster prior of the serving knowledge over `candidates` (as the popularity baseline smooths it)."""
+        if state.point not in self._totals:
+            self._totals[state.point] = next_totals(state.knowledge)
+        return smoothed(candidates, self._totals[state.point], self.prior_k)
 
 
 def sampled(answer: Answer, rng: random.Random, power: float = 1.0) -> Answer:
@@ -218,8 +234,8 @@ def sampled(answer: Answer, rng: random.Random, power: float = 1.0) -> Answer:
 
 
 def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_every: int, early_gap_days: int,
-                   backoff: CountBackoff | None = None, sequence: SequenceScores | None = None, seed: int = 0
-                   ) -> list[LlmTableStrategy]:
+                   backoff: CountBackoff | None = None, sequence: SequenceScores | None = None, seed: int = 0,
+                   prior_k: float = 1.0) -> list[LlmTableStrategy]:
     ft_cadence = f"a fine-tune every {finetune_every} points" if finetune_every else "one fine-tune at the split"
     early = f"one fine-tune on the data up to {early_gap_days} days before the split"
 
@@ -257,6 +273,10 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
                             "the split", FINETUNE, "stream", n_clusters, version_of,
                             cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
                             sequence=sequence, pooled=True),
+        ScoredTableStrategy("hybrid-seq-fitted-prior", "hybrid-seq-fitted with the next-cluster prior as a third "
+                            "expert, its exponent fitted too", FINETUNE, "stream", n_clusters, version_of,
+                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
+                            sequence=sequence, pooled=True, pool_prior=True, prior_k=prior_k),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),

@@ -16,12 +16,12 @@ from tests.harness import settings_env
 pytestmark = pytest.mark.integration
 
 STRATEGIES = ("stale", "rag", "finetune", "hybrid", "hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq",
-              "hybrid-seq-sampled", "hybrid-seq-sampled-sq", "hybrid-seq-fitted", "finetune-early", "hybrid-early", "random", "popular", "count",
-              "backoff", "sequence", "backoff-x-sequence")
+              "hybrid-seq-sampled", "hybrid-seq-sampled-sq", "hybrid-seq-fitted", "hybrid-seq-fitted-prior",
+              "finetune-early", "hybrid-early", "random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")
 PLOTS = ("hit_rate_over_time.png", "refresh_lag.png", "hit_vs_novelty.png", "hit_by_stratum.png")
 RANKERS = ("random", "popular", "count", "backoff", "sequence", "backoff-x-sequence")  # hit@3 (and the scored LLM tables)
 SCORED = ("hybrid-scores", "hybrid-poe", "hybrid-poe-seq", "hybrid-seq", "hybrid-seq-sampled", "hybrid-seq-sampled-sq",
-          "hybrid-seq-fitted")
+          "hybrid-seq-fitted", "hybrid-seq-fitted-prior")
 DISTRIBUTIONS = ("random", "popular", "backoff", "sequence", "backoff-x-sequence", *SCORED)  # log-loss
 
 
@@ -134,3 +134,6 @@ def test_eval_quick_with_a_budgeted_fine_tune(serving_settings, tmp_path) -> Non
     pool = calibration["pool"]
     assert pool["validation_cases"] > 0 and pool["validation_pairs"] > 0 and min(pool["weights"]) > 0
     assert pool["log_loss"] <= pool["log_loss_start"]
+    with_prior = calibration["pool_prior"]  # a third exponent, the prior's, on the same cases: no worse a fit
+    assert len(with_prior["weights"]) == 3 and with_prior["validation_cases"] == pool["validation_cases"]
+    assert with_prior["log_loss"] <= pool["log_loss"] + 1e-9

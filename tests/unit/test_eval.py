@@ -123,6 +123,15 @@ def test_validation_cases_are_the_month_before_the_split_and_never_see_past_it()
     assert validation_cases([], clusters().cluster_of, cut, Settings(), Horizon(10), 1, 50) == []
 
 
+def test_the_prior_at_the_cut_counts_only_the_days_before_it() -> None:
+    from models.counts import AllCounts
+    from models.evaluation.pooling import next_totals_before
+
+    counts = AllCounts(daily={3: {("a", "b"): {"c": 2, "d": 1}}, 4: {("b", "c"): {"d": 5}}, 9: {("a", "b"): {"c": 7}}})
+    assert next_totals_before(counts, 9) == {"c": 2, "d": 6}
+    assert next_totals_before(counts, 4) == {"c": 2, "d": 1}
+
+
 def test_the_sequence_weight_is_an_exponent_on_the_mass() -> None:
     from models.recommend import times_sequence_mass
 
