@@ -17,7 +17,7 @@ hybrid-seq-sampled  hybrid-seq's distribution, the served cluster a seeded draw 
 hybrid-seq-sampled-sq  the same draw from that distribution squared (renormalised): between the argmax and the draw
 hybrid-seq-fitted  hybrid-seq with each expert's exponent fitted on a validation month (models/evaluation/pooling.py)
 hybrid-seq-fitted-prior  the same with the next-cluster prior as a third expert: a product of two posteriors counts
-                the prior twice, so its fitted exponent says how much to divide out
+                the prior twice, so its fitted exponent says how much to divide out (MovieLens fits it positive)
 finetune-early  one fine-tune on an earlier  none                             never (the model never changes)
                 window than the split
 hybrid-early    that same early fine-tune    the streaming knowledge          its fingerprint changed
@@ -215,7 +215,6 @@ class ScoredTableStrategy(LlmTableStrategy):
             return times_sequence(distribution, self.sequence, case, list(order), self.sequence_weight)
         ranking = sorted(distribution, key=lambda c: (-distribution[c], order[c]))
         return Answer.ranked(ranking, distribution)
-
 
     def _prior(self, state: PointState, candidates: list[str]) -> dict[str, float]:
         """The next-cluster prior of the serving knowledge over `candidates` (as the popularity baseline smooths it)."""
