@@ -298,9 +298,11 @@ def run_eval(settings: Settings, config: EvalConfig, out_dir: Path, progress: An
         calibration = _calibrate(engine, llms, states, replayed, config, settings, clusters, split_day, version_of,
                                  ft_reason)
         if any(s.pooled for s in _calibrated(llms)):
+            from models.sequence.build import catalogue
+
             calibration |= _fit_pool(engine, llms, states, replayed, config, settings, clusters, split_day,
-                                            version_of, ratings[:timeline.split_index], _catalogue(wsettings, ratings),
-                                            calibration, cache_dir if config.cache else None, results)
+                                     version_of, ratings[:timeline.split_index], catalogue(wsettings, ratings),
+                                     calibration, cache_dir if config.cache else None, results)
     with _phase(phases, "inference_s"):
         plan = base_plan + _plan([s for s in llms if s.role != BASE and not s.skipped], states, by_state)
         engine.count(plan)
@@ -493,6 +495,7 @@ def _fit_pool(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states:
     prior as a third}, for the strategies that use each. A pooled strategy that cannot be fitted is skipped, not
     served with unfitted weights."""
     from models.calibration import fit_pool_weights
+    from models.counts import DAY_S
     from models.evaluation.pooling import early_sequence_model, next_totals_before, pool_cases, validation_cases
     from models.finetune.curation import knowledge_at
 
@@ -507,9 +510,10 @@ def _fit_pool(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states:
         return {key: {"skipped": reason} for key in groups}
     started = time.process_time()
     cut = split_day - config.early_gap_days
-    cases = validation_cases(train_ratings, clusters.cluster_of, cut * 86_400.0, settings, config.horizon,
+    cut_ts = float(cut * DAY_S)
+    cases = validation_cases(train_ratings, clusters.cluster_of, cut_ts, settings, config.horizon,
                              config.request_every, settings.recent_items_kept)
-    sequence = early_sequence_model(train_ratings, cut * 86_400.0, catalogue, settings,
+    sequence = early_sequence_model(train_ratings, cut_ts, catalogue, settings,
                                     cache_dir / "sequence" if cache_dir is not None else None)
     knowledge = knowledge_at(replayed.counts[0], clusters, cut, settings)
     assert early is not None
@@ -547,13 +551,6 @@ def _fit_pool(engine: InferenceEngine, llms: Sequence[LlmTableStrategy], states:
                     "validation_cases": len(cases), "validation_pairs": len(requests),
                     "validation_users": len({c.user_id for c in cases}), "cpu_s": round(cpu_s, 1)}
     return out
-
-
-def _catalogue(settings: Settings, ratings: Sequence[Any]) -> list[str]:
-    """Every item a sequence model's vocabulary holds (models/sequence/build.train_and_save's)."""
-    from streams.movielens import dataset_dir, load_movies
-
-    return sorted(set(load_movies(dataset_dir(settings, progress=False))) | {r.item_id for r in ratings})
 
 
 def _outcome(case: Case, answer: Any, clusters: ClusterSet, scores: SequenceScores, head: frozenset[str],
