@@ -41,6 +41,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from models.calibration import normalised, softmax
 from models.clusters import ClusterSet
@@ -241,6 +242,11 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
     def make(name: str, label: str, role: str, knowledge: str, cadence: str) -> LlmTableStrategy:
         return LlmTableStrategy(name, label, role, knowledge, n_clusters, version_of, cadence=cadence)
 
+    def scored(name: str, label: str, **how: Any) -> ScoredTableStrategy:
+        """A scored table on the hybrid's models and refresh rule; `how` says how its distribution is read."""
+        return ScoredTableStrategy(name, label, FINETUNE, "stream", n_clusters, version_of,
+                                   cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, **how)
+
     return [
         make("stale", "stale: table built at the split, never refreshed", BASE, "split", "never"),
         make("rag", "RAG only: base model, streaming knowledge", BASE, "stream",
@@ -248,34 +254,22 @@ def llm_strategies(n_clusters: int, version_of: Callable[[str], str], finetune_e
         make("finetune", "fine-tuning only: periodic fine-tunes, no knowledge", FINETUNE, "none", ft_cadence),
         make("hybrid", "hybrid: periodic fine-tunes + streaming knowledge", FINETUNE, "stream",
              f"{ft_cadence} + every knowledge sync"),
-        ScoredTableStrategy("hybrid-scores", "hybrid, the model's whole distribution (candidate scoring)",
-                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind=SERVED_SCORES, combine="model"),
-        ScoredTableStrategy("hybrid-poe", "hybrid x retrieved counts (product of experts with back-off)",
-                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind=SERVED_SCORES, combine="poe", backoff=backoff),
-        ScoredTableStrategy("hybrid-poe-seq", "hybrid-poe x the sequence model's distribution (per request)",
-                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind=SERVED_SCORES, combine="poe-sequence", backoff=backoff, sequence=sequence),
-        ScoredTableStrategy("hybrid-seq", "hybrid's distribution x the sequence model's (per request, no counts)",
-                            FINETUNE, "stream", n_clusters, version_of, cadence=f"{ft_cadence} + every knowledge sync",
-                            kind=SERVED_SCORES, combine="sequence", sequence=sequence),
-        ScoredTableStrategy("hybrid-seq-sampled", "hybrid-seq, the served cluster drawn from its distribution "
-                            "(seeded) instead of its argmax", FINETUNE, "stream", n_clusters, version_of,
-                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
-                            sequence=sequence, sample_seed=seed),
-        ScoredTableStrategy("hybrid-seq-sampled-sq", "hybrid-seq, the served cluster drawn from its distribution "
-                            "squared (seeded)", FINETUNE, "stream", n_clusters, version_of,
-                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
-                            sequence=sequence, sample_seed=seed, sample_power=2.0),
-        ScoredTableStrategy("hybrid-seq-fitted", "hybrid-seq, each expert's exponent fitted on the month before "
-                            "the split", FINETUNE, "stream", n_clusters, version_of,
-                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
-                            sequence=sequence, pooled=True),
-        ScoredTableStrategy("hybrid-seq-fitted-prior", "hybrid-seq-fitted with the next-cluster prior as a third "
-                            "expert, its exponent fitted too", FINETUNE, "stream", n_clusters, version_of,
-                            cadence=f"{ft_cadence} + every knowledge sync", kind=SERVED_SCORES, combine="sequence",
-                            sequence=sequence, pooled=True, pool_prior=True, prior_k=prior_k),
+        scored("hybrid-scores", "hybrid, the model's whole distribution (candidate scoring)", combine="model"),
+        scored("hybrid-poe", "hybrid x retrieved counts (product of experts with back-off)", combine="poe",
+               backoff=backoff),
+        scored("hybrid-poe-seq", "hybrid-poe x the sequence model's distribution (per request)",
+               combine="poe-sequence", backoff=backoff, sequence=sequence),
+        scored("hybrid-seq", "hybrid's distribution x the sequence model's (per request, no counts)", combine="sequence",
+               sequence=sequence),
+        scored("hybrid-seq-sampled", "hybrid-seq, the served cluster drawn from its distribution (seeded) instead of "
+               "its argmax", combine="sequence", sequence=sequence, sample_seed=seed),
+        scored("hybrid-seq-sampled-sq", "hybrid-seq, the served cluster drawn from its distribution squared (seeded)",
+               combine="sequence", sequence=sequence, sample_seed=seed, sample_power=2.0),
+        scored("hybrid-seq-fitted", "hybrid-seq, each expert's exponent fitted on the month before the split",
+               combine="sequence", sequence=sequence, pooled=True),
+        scored("hybrid-seq-fitted-prior", "hybrid-seq-fitted with the next-cluster prior as a third expert, its "
+               "exponent fitted too", combine="sequence", sequence=sequence, pooled=True, pool_prior=True,
+               prior_k=prior_k),
         make("finetune-early", "fine-tuned on an earlier window, no knowledge", EARLY, "none", f"never ({early})"),
         make("hybrid-early", "fine-tuned on an earlier window + streaming knowledge", EARLY, "stream",
              "every knowledge sync (the model never changes)"),
