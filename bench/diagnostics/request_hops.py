@@ -20,13 +20,87 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path")
     parser.add_argument("--last", type=int, default=97, help="requests per phase (the bench's table hits)")
+    parser.add_argument("--slowest", type=float, default=0.05, help="share of the phase's requests to break down")
     args = parser.parse_args()
     with open(args.path) as source:
         samples = json.load(source)
+    traces = samples.pop("traces", {})
+    stalls = samples.pop("stalls", [])
+    fetches = samples.pop("fetches", [])
     for step in sorted(samples):
         values = samples[step]
         print(f"{step:34s} idle  {spread(values[5:5 + args.last])}")
         print(f"{'':34s} under {spread(values[-args.last:])}")
+    if traces:
+        tail(traces, args.last, args.slowest)
+    if stalls:
+        stalled(stalls, traces, args.last)
+    if fetches:
+        fetched(fetches, traces, args.last)
+
+
+HOPS = (("appended -> fetched in the consumer thread", None, "1_fetched_in_consumer_thread"),
+        ("-> the main loop", "1_fetched_in_consumer_thread", "2_on_main_loop"),
+        ("-> the agent", "2_on_main_loop", "3_handed_to_agent"),
+        ("-> its handler started", "3_handed_to_agent", "3b_handler_started"),
+        ("answer computed (lookup, SASRec, grounding)", "3b_handler_started", "4_answer_computed_after_append"),
+        ("the durable record delivered", "4_answer_computed_after_append", "5_delivery_1_after_append"),
+        ("the answer delivered", "5_delivery_1_after_append", "5_delivery_2_after_append"))
+
+
+def tail(traces: dict[str, dict[str, float]], last: int, slowest: float) -> None:
+    """Where the slowest requests under the replay spent their time, hop by hop, against all of them."""
+    needed = {"at", "6_delivered_after_append"} | {end for _, _, end in HOPS}
+    done = sorted((steps for steps in traces.values() if needed <= steps.keys()),
+                  key=lambda steps: steps["at"])[-last:]
+    ranked = sorted(done, key=lambda steps: steps["6_delivered_after_append"])
+    worst = ranked[-max(1, int(len(ranked) * slowest)):]
+    print(f"\nunder the replay, {len(done)} traced requests; the slowest {len(worst)} (end to end "
+          f"{1000 * worst[0]['6_delivered_after_append']:.0f}-{1000 * worst[-1]['6_delivered_after_append']:.0f} ms):")
+    for label, start, end in HOPS:
+        def hop(steps: dict[str, float]) -> float:
+            return steps[end] - (steps[start] if start else 0.0)
+        print(f"  {label:40s} all: mean {1000 * sum(map(hop, done)) / len(done):6.1f} ms   slowest: mean "
+              f"{1000 * sum(map(hop, worst)) / len(worst):6.1f}  each " + " ".join(f"{1000 * hop(s):.0f}" for s in worst))
+
+
+
+def stalled(stalls: list[dict], traces: dict[str, dict[str, float]], last: int) -> None:
+    """The watchdog's stalls during the timed phase under the replay, and where the main thread was after each."""
+    done = sorted((steps for steps in traces.values() if "at" in steps and "6_delivered_after_append" in steps),
+                  key=lambda steps: steps["at"])[-last:]
+    if not done:
+        return
+    begin, end = done[0]["at"] - done[0]["6_delivered_after_append"], done[-1]["at"]
+    during = [stall for stall in stalls if begin <= stall["at"] <= end]
+    print(f"\nstalls of the watchdog thread over 10 ms during those {end - begin:.1f} s: {len(during)}, "
+          f"{1000 * sum(s['late'] for s in during):.0f} ms in all")
+    places: dict[str, list[float]] = {}
+    for stall in during:
+        main = stall["where"].get("MainThread", ["?"])
+        places.setdefault(" < ".join(reversed(main[-3:])), []).append(stall["late"])
+    for place, lates in sorted(places.items(), key=lambda item: -sum(item[1]))[:12]:
+        print(f"  {len(lates):3d} x, {1000 * sum(lates):5.0f} ms, max {1000 * max(lates):3.0f}  main thread after: {place}")
+    slow = [steps for steps in done if steps["6_delivered_after_append"] > 0.050]
+    overlapping = sum(any(steps["at"] - steps["6_delivered_after_append"] <= stall["at"] <= steps["at"]
+                          for stall in during) for steps in slow)
+    print(f"  requests over 50 ms: {len(slow)}, of them with a stall inside their time: {overlapping}")
+
+def fetched(fetches: list[list], traces: dict[str, dict[str, float]], last: int) -> None:
+    """For the requests that waited longest for a fetch: the fetches in flight when they were appended."""
+    done = sorted((steps for steps in traces.values() if "at" in steps and "6_delivered_after_append" in steps
+                   and "1_fetched_in_consumer_thread" in steps), key=lambda steps: steps["at"])[-last:]
+    waited = sorted(done, key=lambda steps: steps["1_fetched_in_consumer_thread"])[-10:]
+    ids = {id(steps): key for key, steps in traces.items()}
+    print("\nthe 10 longest waits for a fetch, and the fetches in flight at the request's append (age at the append "
+          "/ duration ms, partitions; its partition: the offset fetched from, '-' when not in the fetch):")
+    for steps in waited:
+        appended = steps["at"] - steps["6_delivered_after_append"]
+        topic_partition, offset = ids[id(steps)].rsplit(":", 1)
+        flying = [f"{1000 * (appended - sent):.0f}/{1000 * (back - sent):.0f} ms {n}p {req.get(topic_partition, '-')}"
+                  for sent, back, req, n in fetches if sent <= appended <= back]
+        print(f"  waited {1000 * steps['1_fetched_in_consumer_thread']:5.1f} ms, {topic_partition} at {offset}: "
+              + ", ".join(flying))
 
 
 if __name__ == "__main__":

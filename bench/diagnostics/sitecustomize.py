@@ -13,6 +13,7 @@ private methods of Faust and of agents/ on purpose -- a measurement aid, never i
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import os
@@ -23,10 +24,15 @@ import time
 from typing import Any
 
 SAMPLES: dict[str, list[float]] = {}
+_APPENDED: dict[str, float] = {}
+TRACES: dict[str, dict[str, float]] = {}  # "topic:partition:offset" -> step -> seconds after the append
+CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("diag_request", default=None)
 
 
-def _record(name: str, seconds: float) -> None:
+def _record(name: str, seconds: float, record_id: str | None = None) -> None:
     SAMPLES.setdefault(name, []).append(seconds)
+    if record_id is not None:
+        TRACES.setdefault(record_id, {})[name] = seconds
 
 
 def _wrap(owner: Any, name: str, after: Any) -> None:
@@ -57,8 +63,21 @@ def _patch() -> None:
         for tp, records in (records_by_tp or {}).items():
             if RECOMMENDATION_REQUESTS in tp.topic:
                 for record in records:
-                    _record(label, now - record.timestamp / 1000)
+                    _record(label, now - record.timestamp / 1000, f"{tp.topic}:{tp.partition}:{record.offset}")
 
+    from aiokafka.consumer.fetcher import Fetcher
+
+    proc_fetch = Fetcher._proc_fetch_request
+
+    async def timed_fetch(self: Any, assignment: Any, node_id: Any, request_: Any) -> Any:
+        sent = time.time()
+        result = await proc_fetch(self, assignment, node_id, request_)
+        FETCHES.append((sent, time.time(), {f"{topic}:{partition}": offset for topic, partitions in request_.topics
+                                            if RECOMMENDATION_REQUESTS in topic for partition, offset, _ in partitions},
+                        sum(len(partitions) for _, partitions in request_.topics)))
+        return result
+
+    Fetcher._proc_fetch_request = timed_fetch
     _wrap(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records",
           lambda result, *_: ages("1_fetched_in_consumer_thread", result))
     _wrap(batching.BatchingConsumer, "_next_records", lambda result, *_: ages("2_on_main_loop", result[0]))
@@ -68,7 +87,8 @@ def _patch() -> None:
     async def handled(self: Any, batch: Any) -> None:
         now = time.time()
         for record in batch.records:
-            _record("3_handed_to_agent", now - record.timestamp / 1000)
+            _record("3_handed_to_agent", now - record.timestamp / 1000,
+                    f"{record.topic}:{record.partition}:{record.offset}")
         await handle(self, batch)
 
     recommender.RecommenderAgent.handle = handled
@@ -78,25 +98,75 @@ def _patch() -> None:
         started = time.perf_counter()
         value = await answer(self, request, partition, waited_s)
         _record("4_answer_computed_in", time.perf_counter() - started)
+        record_id = CURRENT.get()
+        if record_id is not None:
+            TRACES.setdefault(record_id, {})["4_answer_computed_after_append"] = time.time() - _APPENDED[record_id]
         return value
+
+    import agents.outbox as outbox
+    delivered = outbox.OutboxUnit.delivered
+
+    async def timed_delivered(self: Any) -> None:
+        await delivered(self)
+        record_id = CURRENT.get()
+        if record_id is not None:
+            steps = TRACES.setdefault(record_id, {})
+            steps[f"5_delivery_{sum(k.startswith('5_delivery_') for k in steps) + 1}_after_append"] = (
+                time.time() - _APPENDED[record_id])
+
+    outbox.OutboxUnit.delivered = timed_delivered
 
     recommender.RequestHandler.answer = answered
     request = recommender.RecommenderAgent._request
 
     async def requested(self: Any, request_: Any, partition: int, record: Any) -> None:
         started = time.perf_counter()
+        record_id = f"{record.topic}:{record.partition}:{record.offset}"
+        begun = time.time() - record.timestamp / 1000
+        _APPENDED[record_id] = record.timestamp / 1000
+        CURRENT.set(record_id)
         await request(self, request_, partition, record)
-        _record("5_handler_total_incl_deliveries", time.perf_counter() - started)
-        _record("6_delivered_after_append", time.time() - record.timestamp / 1000)
+        _record("5_handler_total_incl_deliveries", time.perf_counter() - started, record_id)
+        _record("6_delivered_after_append", time.time() - record.timestamp / 1000, record_id)
+        TRACES[record_id]["3b_handler_started"] = begun
+        TRACES[record_id]["at"] = time.time()
 
     recommender.RecommenderAgent._request = requested
+
+
+STALLS: list[dict[str, Any]] = []
+FETCHES: list[tuple[float, float, dict[str, int], int]] = []  # sent, returned, request partitions' offsets, partitions
+
+
+def _watch_stalls() -> None:
+    """A thread that asks to run every 2 ms: when it runs 10 ms late, another thread held the GIL (or the process had
+    no core) that long; note when, how late, and where the other threads were right after (their innermost frames)."""
+    import traceback
+
+    me = threading.get_ident()
+    while True:
+        started = time.perf_counter()
+        time.sleep(0.002)
+        late = time.perf_counter() - started - 0.002
+        if late > 0.010:
+            names = {thread.ident: thread.name for thread in threading.enumerate()}
+            where = {}
+            for ident, frame in sys._current_frames().items():
+                if ident != me:
+                    stack = traceback.extract_stack(frame)[-4:]
+                    where[names.get(ident, str(ident))] = [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}"
+                                                          for f in stack]
+            STALLS.append({"at": time.time(), "late": late, "where": where})
 
 
 def _dump() -> None:
     path = os.path.join(tempfile.gettempdir(), f"explorer-request-hops-{os.getpid()}.json")
     while True:
         time.sleep(2)
-        snapshot = {name: list(values) for name, values in list(SAMPLES.items())}  # the loop appends meanwhile
+        snapshot: dict = {name: list(values) for name, values in list(SAMPLES.items())}  # the loop appends meanwhile
+        snapshot["traces"] = {key: dict(steps) for key, steps in list(TRACES.items())}
+        snapshot["stalls"] = list(STALLS)
+        snapshot["fetches"] = FETCHES[-20000:]
         with open(path, "w") as out:
             json.dump(snapshot, out)
 
@@ -104,3 +174,4 @@ def _dump() -> None:
 if os.environ.get("DIAG_REQUEST_HOPS") and "worker" in sys.argv[1:3]:  # `-m streams.cli worker`, `explorer worker`
     threading.Thread(target=_patch, daemon=True, name="diag-patch").start()
     threading.Thread(target=_dump, daemon=True, name="diag-dump").start()
+    threading.Thread(target=_watch_stalls, daemon=True, name="diag-stalls").start()
