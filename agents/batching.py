@@ -35,7 +35,10 @@ Overridden Faust code (pinned by tests/unit/test_batching.py, which fails when a
   broker, which the broker may hold for the fetch wait when none of its partitions has new records (Faust: 1.5 s).
   A short backoff alone then made ingestion lag: fetches of only the idle partitions sat at the broker while the
   busy ones could not be fetched. Both short together serve requests fast without the lag (the settings comments
-  have the figures);
+  have the figures). `tune_fetch_actions` also keeps aiokafka's fetch routine from sleeping 0.2 s behind a fetch
+  that already finished (a race of its done-callbacks), and makes the fetches sent while a request partition's
+  fetched records wait to be consumed -- that partition is then left out -- ask the broker to hold them only
+  `fetch_max_wait_requests_held_s`, so the next request on that partition never waits a whole fetch wait;
 * the producer is idempotent (`enable_idempotence`): a changelog batch that failed for good can never be followed
   by a later one of the same partition, so a recovered table is always a prefix of what was written.
 """
@@ -429,6 +432,45 @@ class PromptFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
                 raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
                                    "against this aiokafka version")
             setattr(fetcher, attribute, value)
+        held_wait = getattr(self.app, "fetch_max_wait_requests_held_s", None)
+        tune_fetch_actions(fetcher, getattr(self.app, "latency_topics", frozenset()),
+                           None if held_wait is None else max(1, round(held_wait * 1000)))
+
+
+def tune_fetch_actions(fetcher: Any, latency_topics: frozenset[str], held_wait_ms: int | None) -> None:
+    """Wrap the fetcher's `_get_actions_per_node` (what its routine calls to build the next fetches) with two changes.
+
+    1. **No sleep behind a fetch that already finished.** aiokafka keeps one fetch in flight per broker: a node is
+       in `_in_flight` from the fetch task's start until a done-callback of that task removes it. When the routine
+       is woken by a consumed partition in the same loop turn as the fetch finishes, it sees the task done (and
+       drops it from its pending tasks) before the done-callback ran: the node still looks busy, so no fetch is
+       built, and with nothing pending the routine sleeps for its `fetcher_timeout` (0.2 s) unless another
+       partition is consumed. Under a 5,000/s replay that held requests for 190-210 ms (`bench.diagnostics`). A node
+       counts as busy here only while some pending task is still running.
+    2. **A short broker wait while a request waits to be consumed** (`held_wait_ms`, for the app's latency topics):
+       aiokafka leaves a partition with buffered records out of the next fetch; a fetch sent between a request's
+       arrival in the buffer and the worker taking it goes without that request partition, and when the partitions
+       it does ask for are idle the broker holds it for the whole fetch wait -- the next request on that partition
+       waited for it (34-45 ms of the slowest table hits under the replay). Fetches built then ask the broker to hold
+       them at most `held_wait_ms`; nothing changes while no request is buffered.
+    """
+    for attribute in ("_get_actions_per_node", "_records", "_fetch_max_wait_ms", "_in_flight", "_pending_tasks"):
+        if fetcher is None or not hasattr(fetcher, attribute):
+            raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
+                               "against this aiokafka version")
+    build = fetcher._get_actions_per_node
+    normal_wait_ms = fetcher._fetch_max_wait_ms
+    short_wait_ms = normal_wait_ms if held_wait_ms is None else min(held_wait_ms, normal_wait_ms)
+
+    def actions_per_node(assignment: Any) -> Any:
+        if fetcher._in_flight and all(task.done() for task in fetcher._pending_tasks):
+            fetcher._in_flight.clear()  # the done-callbacks that would clear it have not run yet
+        if latency_topics:
+            held = any(tp.topic in latency_topics for tp in fetcher._records)
+            fetcher._fetch_max_wait_ms = short_wait_ms if held else normal_wait_ms
+        return build(assignment)
+
+    fetcher._get_actions_per_node = actions_per_node
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
@@ -451,6 +493,7 @@ class ExplorerApp(faust.App):
     latency_topics: frozenset[str] = frozenset()  # fetched records of these are taken first
     prefetch_backoff_s: float | None = None  # None: aiokafka's own (PromptFetchConsumerThread)
     fetch_max_wait_s: float | None = None  # None: Faust's 1.5 s (PromptFetchConsumerThread)
+    fetch_max_wait_requests_held_s: float | None = None  # None: the fetch wait, requests buffered or not
     max_queued_records: int | None = None  # None: no bound on the bulk topics' fetched, unacked records
     max_queued_requests: int | None = None  # None: no bound on the latency topics' fetched, unacked records
 

@@ -107,6 +107,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     )
     app.prefetch_backoff_s = settings.consumer_prefetch_backoff_s
     app.fetch_max_wait_s = settings.consumer_fetch_max_wait_s
+    app.fetch_max_wait_requests_held_s = settings.consumer_fetch_max_wait_requests_held_s
     app.max_queued_records = settings.consumer_max_queued_records
     app.max_queued_requests = settings.consumer_max_queued_requests
     metrics = Metrics()

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # fetches a second on an idle worker (measured: the worker 1.2% -> 4.5% of a core, the broker 3% -> 6%; at
     # 0.02 s 9% each).
     consumer_fetch_max_wait_s: float = Field(0.05, gt=0, le=30)
+    # The same wait for the fetches sent while a request partition's fetched records wait to be consumed (aiokafka
+    # then leaves that partition out of the fetch: a request arriving on it waited for the whole wait above, the
+    # slowest table hits under a 5,000/s replay; agents/batching.py `wait_short_while_requests_held`).
+    consumer_fetch_max_wait_requests_held_s: float = Field(0.005, gt=0, le=30)
     # Which clusters build the worker counts with (default: the serving one, see models.clusters.load_serving);
     # `explorer backfill` sets it for the worker that fills a new version's state.
     serving_clusters_version: str | None = None

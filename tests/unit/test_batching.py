@@ -37,6 +37,8 @@ PINNED = {
     # applies them
     (Fetcher, "__init__"): "bf21ecb7e0f210b7",
     (Fetcher, "_get_actions_per_node"): "1dab2cf937d165d0",
+    # ... and the routine that calls it, whose done-callback race agents/batching.py `tune_fetch_actions` works around
+    (Fetcher, "_fetch_requests_routine"): "2a8ec5932644c9b0",
     # ... and the one that returns only the partitions asked for, keeping the others' records buffered (the bound on
     # queued records leaves the bulk partitions out of a fetch and relies on it)
     (Fetcher, "fetched_records"): "be4348896b9b66af",
@@ -170,8 +172,21 @@ def test_the_idempotent_producer_keeps_fausts_other_settings() -> None:
 
 
 class _Fetcher:
+    """The attributes of aiokafka's fetcher the consumer thread sets or wraps; records the fetch wait each fetch
+    would be built with, as its `_get_actions_per_node` reads it."""
+
     _prefetch_backoff = 0.1  # aiokafka's default
     _fetch_max_wait_ms = 1500  # Faust's
+
+    def __init__(self) -> None:
+        self._records: dict[TP, object] = {}
+        self._in_flight: set[int] = set()
+        self._pending_tasks: set[object] = set()
+        self.built_with: list[tuple[int, bool]] = []  # (fetch wait, whether the node looked busy)
+
+    def _get_actions_per_node(self, assignment: object) -> str:
+        self.built_with.append((self._fetch_max_wait_ms, bool(self._in_flight)))
+        return "actions"
 
 
 def _start_thread(monkeypatch, app_backoff, fetcher, app_fetch_wait=None) -> None:  # type: ignore[no-untyped-def]
@@ -205,6 +220,85 @@ def test_the_consumer_thread_gives_the_fetcher_the_apps_fetch_wait_in_ms(monkeyp
     tiny = _Fetcher()
     _start_thread(monkeypatch, None, tiny, app_fetch_wait=0.0001)
     assert tiny._fetch_max_wait_ms == 1  # 0 would make an idle worker spin on empty fetches
+
+
+class _Task:
+    def __init__(self, done: bool) -> None:
+        self._done = done
+
+    def done(self) -> bool:
+        return self._done
+
+
+def test_fetches_built_while_a_request_partition_holds_fetched_records_wait_short_at_the_broker() -> None:
+    from agents.batching import tune_fetch_actions
+
+    fetcher = _Fetcher()
+    fetcher._fetch_max_wait_ms = 50
+    tune_fetch_actions(fetcher, frozenset({REQUESTS}), 5)
+    assert fetcher._get_actions_per_node(None) == "actions"  # nothing buffered: the normal wait
+    fetcher._records[P0] = object()  # interactions buffered: left out of the fetch, no request waits on it
+    fetcher._get_actions_per_node(None)
+    fetcher._records[R0] = object()  # a request buffered: its partition is left out, so the fetch must come back soon
+    fetcher._get_actions_per_node(None)
+    del fetcher._records[R0]
+    fetcher._get_actions_per_node(None)
+    assert [wait for wait, _ in fetcher.built_with] == [50, 50, 5, 50]
+    longer = _Fetcher()
+    longer._fetch_max_wait_ms = 3
+    tune_fetch_actions(longer, frozenset({REQUESTS}), 5)
+    longer._records[R0] = object()
+    longer._get_actions_per_node(None)
+    assert longer.built_with == [(3, False)]  # never longer than the normal wait
+    unset = _Fetcher()
+    unset._fetch_max_wait_ms = 50
+    tune_fetch_actions(unset, frozenset({REQUESTS}), None)
+    unset._records[R0] = object()
+    unset._get_actions_per_node(None)
+    assert unset.built_with == [(50, False)]
+
+
+def test_a_node_whose_fetch_already_finished_does_not_look_busy() -> None:
+    # aiokafka's routine can see its fetch task done (and drop it) before the task's done-callback took the node out
+    # of _in_flight: built then, no fetch went out and the routine slept 0.2 s with nothing pending.
+    from agents.batching import tune_fetch_actions
+
+    fetcher = _Fetcher()
+    tune_fetch_actions(fetcher, frozenset(), None)
+    fetcher._in_flight.add(1)
+    fetcher._pending_tasks = {_Task(done=False)}  # a fetch still running: the node is busy
+    fetcher._get_actions_per_node(None)
+    fetcher._pending_tasks = {_Task(done=True)}  # finished, its callback not run yet
+    fetcher._get_actions_per_node(None)
+    fetcher._in_flight.add(1)
+    fetcher._pending_tasks = set()  # finished and already dropped from the pending tasks
+    fetcher._get_actions_per_node(None)
+    assert [busy for _, busy in fetcher.built_with] == [True, False, False]
+
+
+def test_the_consumer_thread_tunes_the_fetch_actions_with_the_apps_settings(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from agents.batching import PromptFetchConsumerThread
+
+    def start(fetcher: _Fetcher, latency_topics: frozenset[str]) -> None:
+        async def started(self) -> None:  # type: ignore[no-untyped-def]
+            self._consumer = SimpleNamespace(_fetcher=fetcher)
+
+        monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "on_start", started)
+        thread = object.__new__(PromptFetchConsumerThread)
+        thread.app = SimpleNamespace(prefetch_backoff_s=None, fetch_max_wait_s=0.05,
+                                     fetch_max_wait_requests_held_s=0.002, latency_topics=latency_topics)
+        asyncio.run(thread.on_start())
+
+    served, plain = _Fetcher(), _Fetcher()
+    start(served, frozenset({REQUESTS}))
+    start(plain, frozenset())
+    for fetcher in (served, plain):
+        fetcher._records[R0] = object()
+        fetcher._in_flight.add(1)  # stale: nothing pending
+        fetcher._get_actions_per_node(None)
+    assert (served.built_with, plain.built_with) == ([(2, False)], [(50, False)])
 
 
 def test_a_fetcher_without_the_backoff_stops_the_start_loudly(monkeypatch) -> None:
