@@ -27,6 +27,7 @@ def main() -> None:
     traces = samples.pop("traces", {})
     stalls = samples.pop("stalls", [])
     fetches = samples.pop("fetches", [])
+    idle_routine = samples.pop("idle_routine", [])
     for step in sorted(samples):
         values = samples[step]
         print(f"{step:34s} idle  {spread(values[5:5 + args.last])}")
@@ -36,7 +37,7 @@ def main() -> None:
     if stalls:
         stalled(stalls, traces, args.last)
     if fetches:
-        fetched(fetches, traces, args.last)
+        fetched(fetches, idle_routine, traces, args.last)
 
 
 HOPS = (("appended -> fetched in the consumer thread", None, "1_fetched_in_consumer_thread"),
@@ -86,7 +87,7 @@ def stalled(stalls: list[dict], traces: dict[str, dict[str, float]], last: int) 
                           for stall in during) for steps in slow)
     print(f"  requests over 50 ms: {len(slow)}, of them with a stall inside their time: {overlapping}")
 
-def fetched(fetches: list[list], traces: dict[str, dict[str, float]], last: int) -> None:
+def fetched(fetches: list[list], idle_routine: list[list], traces: dict[str, dict[str, float]], last: int) -> None:
     """For the requests that waited longest for a fetch: the fetches in flight when they were appended."""
     done = sorted((steps for steps in traces.values() if "at" in steps and "6_delivered_after_append" in steps
                    and "1_fetched_in_consumer_thread" in steps), key=lambda steps: steps["at"])[-last:]
@@ -99,6 +100,11 @@ def fetched(fetches: list[list], traces: dict[str, dict[str, float]], last: int)
         topic_partition, offset = ids[id(steps)].rsplit(":", 1)
         flying = [f"{1000 * (appended - sent):.0f}/{1000 * (back - sent):.0f} ms {n}p {req.get(topic_partition, '-')}"
                   for sent, back, req, n in fetches if sent <= appended <= back]
+        if not flying:  # the fetcher's routine sat idle: the last time it built no fetch before the append, and why
+            before = [entry for entry in idle_routine if entry[0] <= appended]
+            if before:
+                at, sleep, why = before[-1]
+                flying = [f"no fetch built {1000 * (appended - at):.0f} ms before (sleep {1000 * sleep:.0f} ms): {why}"]
         print(f"  waited {1000 * steps['1_fetched_in_consumer_thread']:5.1f} ms, {topic_partition} at {offset}: "
               + ", ".join(flying))
 

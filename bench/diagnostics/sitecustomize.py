@@ -78,6 +78,25 @@ def _patch() -> None:
         return result
 
     Fetcher._proc_fetch_request = timed_fetch
+    actions = Fetcher._get_actions_per_node
+
+    def noted_actions(self: Any, assignment: Any) -> Any:
+        result = actions(self, assignment)
+        if not result[0]:  # no fetch sent: why each partition was left out, and how long the routine will sleep
+            why: dict[str, int] = {}
+            for tp in assignment.tps:
+                state = assignment.state_value(tp)
+                kind = ("req-" if RECOMMENDATION_REQUESTS in tp.topic else "") + (
+                    "buffered" if tp in self._records else "in-flight" if self._in_flight else
+                    "paused" if state.paused else "no-position" if not state.has_valid_position else "other")
+                why[kind] = why.get(kind, 0) + 1
+            why["pending"] = len(self._pending_tasks)
+            why["pending-done"] = sum(task.done() for task in self._pending_tasks)
+            why["in-flight-nodes"] = len(self._in_flight)
+            IDLE_ROUTINE.append((time.time(), result[2], why))
+        return result
+
+    Fetcher._get_actions_per_node = noted_actions
     _wrap(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records",
           lambda result, *_: ages("1_fetched_in_consumer_thread", result))
     _wrap(batching.BatchingConsumer, "_next_records", lambda result, *_: ages("2_on_main_loop", result[0]))
@@ -135,6 +154,7 @@ def _patch() -> None:
 
 
 STALLS: list[dict[str, Any]] = []
+IDLE_ROUTINE: list[tuple[float, float, dict[str, int]]] = []  # when no fetch was built: time, its sleep, why
 FETCHES: list[tuple[float, float, dict[str, int], int]] = []  # sent, returned, request partitions' offsets, partitions
 
 
@@ -167,6 +187,7 @@ def _dump() -> None:
         snapshot["traces"] = {key: dict(steps) for key, steps in list(TRACES.items())}
         snapshot["stalls"] = list(STALLS)
         snapshot["fetches"] = FETCHES[-20000:]
+        snapshot["idle_routine"] = IDLE_ROUTINE[-20000:]
         with open(path, "w") as out:
             json.dump(snapshot, out)
 
