@@ -441,12 +441,12 @@ def tune_fetch_actions(fetcher: Any, latency_topics: frozenset[str], held_wait_m
     """Wrap the fetcher's `_get_actions_per_node` (what its routine calls to build the next fetches) with two changes.
 
     1. **No sleep behind a fetch that already finished.** aiokafka keeps one fetch in flight per broker: a node is
-       in `_in_flight` from the fetch task's start until a done-callback of that task removes it. When the routine
-       is woken by a consumed partition in the same loop turn as the fetch finishes, it sees the task done (and
-       drops it from its pending tasks) before the done-callback ran: the node still looks busy, so no fetch is
-       built, and with nothing pending the routine sleeps for its `fetcher_timeout` (0.2 s) unless another
-       partition is consumed. Under a 5,000/s replay that held requests for 190-210 ms (`bench.diagnostics`). A node
-       counts as busy here only while some pending task is still running.
+       in `_in_flight` from the fetch task's start until a done-callback of that task removes it. The routine can
+       see the task done and drop it from its pending tasks before that callback ran (likely when a consumed
+       partition woke it in the same loop turn as the fetch finished; seen: no task pending, one node in flight):
+       the node still looks busy, no fetch is built, and with nothing pending the routine sleeps its
+       `fetcher_timeout` (0.2 s) unless another partition is consumed. Under a 5,000/s replay that held requests for
+       190-210 ms (`bench.diagnostics`). A node counts as busy here only while some pending task is still running.
     2. **A short broker wait while a request waits to be consumed** (`held_wait_ms`, for the app's latency topics):
        aiokafka leaves a partition with buffered records out of the next fetch; a fetch sent between a request's
        arrival in the buffer and the worker taking it goes without that request partition, and when the partitions

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     consumer_fetch_max_wait_s: float = Field(0.05, gt=0, le=30)
     # The same wait for the fetches sent while a request partition's fetched records wait to be consumed (aiokafka
     # then leaves that partition out of the fetch: a request arriving on it waited for the whole wait above, the
-    # slowest table hits under a 5,000/s replay; agents/batching.py `wait_short_while_requests_held`).
+    # slowest table hits under a 5,000/s replay; agents/batching.py `tune_fetch_actions`).
     consumer_fetch_max_wait_requests_held_s: float = Field(0.005, gt=0, le=30)
     # Which clusters build the worker counts with (default: the serving one, see models.clusters.load_serving);
     # `explorer backfill` sets it for the worker that fills a new version's state.
