@@ -93,10 +93,15 @@ def _publish_synthetic(settings: Settings, count: int, rate: float | None, event
 
 def ingest_rate(metrics: list[dict[str, float]], expected: int) -> float:
     """Events/s of workers (their `/metrics` snapshots) by their own clocks: from the first batch any processed to
-    the last, no polling in the measurement; the first batches' records were taken before the clock started."""
-    first_at = min(m["explorer_ingest_first_batch_at_seconds"] for m in metrics)
-    last_at = max(m["explorer_ingest_last_batch_at_seconds"] for m in metrics)
-    first = sum(m["explorer_ingest_first_batch_records"] for m in metrics)
+    the last, no polling in the measurement; the first batches' records were taken before the clock started. A worker
+    that processed no batch (it joined after the others had read everything) has no clock to count: its gauges are 0,
+    which as a start time made the rate ~0 events/s."""
+    working = [m for m in metrics if m.get("explorer_ingest_first_batch_at_seconds", 0) > 0]
+    if not working:
+        raise RuntimeError("no worker processed an interactions batch")
+    first_at = min(m["explorer_ingest_first_batch_at_seconds"] for m in working)
+    last_at = max(m["explorer_ingest_last_batch_at_seconds"] for m in working)
+    first = sum(m["explorer_ingest_first_batch_records"] for m in working)
     return (expected - first) / (last_at - first_at)
 
 

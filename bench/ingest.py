@@ -46,7 +46,8 @@ def agent_rate(settings: Settings, expected: int, log_dir: Path, workers: int) -
 
         wait_until(done, 600, "all events", poll_s=0.25)
         each = [worker.metrics() for worker in procs]
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {f"worker {i}: valid": samples.get("explorer_events_valid_total", 0.0)
+                                 for i, samples in enumerate(each, 1)}
     for samples in each:
         for name, value in samples.items():
             metrics[name] = max(metrics.get(name, 0.0), value) if name.endswith("_at_seconds") else (
@@ -116,6 +117,13 @@ def main() -> None:
             ("  / aiokafka loop", f"{rate / transport:.3f}"),
             ("  valid / rejected", f"{metrics.get('explorer_events_valid_total', 0):,.0f} / {rejected:,.0f}"),
         ]
+        if count > 1:  # how the work split; validation is at least once, so a rebalance re-validates some records
+            rows.append(("  valid, by worker (in start order)",
+                         " / ".join(f"{metrics.get(f'worker {i}: valid', 0):,.0f}" for i in range(1, count + 1))))
+            idle = [i for i in range(1, count + 1) if not metrics.get(f"worker {i}: valid", 0)]
+            if idle:  # workers start one after another: a late one can find the topic already read
+                rows.append(("  note", f"worker(s) {', '.join(map(str, idle))} got no work: this row measured "
+                                       f"{count - len(idle)} worker(s), not {count}"))
     if rerouted is not None:
         rate, metrics = rerouted
         one = full[min(full)][0]

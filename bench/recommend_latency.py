@@ -16,9 +16,11 @@ pair table's bulk throughput.
    from a process of its own (an upstream service; ``--replay-in-process``: a thread of this process, as before).
    Each hit alternates with a request to a stand-in recommender on topics of its own (bench.baselines.RequestEcho:
    a plain librdkafka process answering at once): the floor of a request's round trip on the same cores, under the
-   same load, in the same seconds -- idle too, before the replay.
+   same load, in the same seconds -- idle too, before the replay. ``--rounds R`` sends those alternating hits R times
+   over (a p99 over ~100 users is their second-largest), and the bench counts the slow hits whose echo request
+   right after was slow too (a stall of the broker or the cores, not of the worker).
 
-    python -m bench.recommend_latency [--ratings 20000] [--hits 200] [--under-replay 300000]
+    python -m bench.recommend_latency [--ratings 20000] [--hits 200] [--under-replay 300000] [--rounds 4]
 
 Needs a running broker at EXPLORER_KAFKA_BOOTSTRAP (`explorer broker start`). Prints p50/p95/p99 per source.
 """
