@@ -7,8 +7,12 @@ set this one wraps a few methods (after the worker imported them) to time, per r
 (the record's timestamp) it was (1) returned by a fetch in Faust's consumer thread, (2) handed to the worker's main
 loop, (3) given to the recommender agent, and (6) answered and delivered; and how long (4) computing the answer and
 (5) the handler as a whole (the answer, then its two deliveries) took; every 2 s it writes the samples to
-`$TMPDIR/explorer-request-hops-<pid>.json` (lists in arrival order: the bench's phases follow one another). It patches
-private methods of Faust and of agents/ on purpose -- a measurement aid, never imported by the product.
+`$TMPDIR/explorer-request-hops-<pid>.json` (lists in arrival order: the bench's phases follow one another). The same
+file holds each request's hops under its `topic:partition:offset` ("traces": also when its answer was computed and
+each of its two deliveries done), the stalls of a watchdog thread that asks to run every 2 ms, every fetch aiokafka
+sent (when, how long, which request partitions at which offsets), and each time its fetch routine built no fetch
+(why each partition was left out, what it had pending). It patches private methods of Faust, aiokafka and agents/ on
+purpose -- a measurement aid, never imported by the product.
 """
 
 from __future__ import annotations
