@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -32,10 +33,22 @@ from streams.worker_process import free_port, run_worker, wait_until
 
 
 def agent_rate(settings: Settings, expected: int, log_dir: Path, workers: int) -> tuple[float, dict[str, float]]:
-    """Events/s of `workers` real worker processes in one consumer group, from the first event to the last."""
-    with ExitStack() as stack:
-        procs = [stack.enter_context(run_worker(settings.model_copy(update={"web_port": free_port()}), log_dir))
-                 for _ in range(workers)]
+    """Events/s of `workers` real worker processes in one consumer group, from the first event to the last.
+
+    The workers are started at once: one after another, the first read the whole topic while the next still started
+    (~10 s each here), and the row measured one worker and a rebalance."""
+    with ExitStack() as stack, ThreadPoolExecutor(workers) as starter:
+        managers = [run_worker(settings.model_copy(update={"web_port": free_port()}), log_dir) for _ in range(workers)]
+        started = [starter.submit(manager.__enter__) for manager in managers]
+        procs, failures = [], []
+        for manager, future in zip(managers, started):
+            try:
+                procs.append(future.result())
+                stack.push(manager.__exit__)  # stopped when the measurement ends, or on a failure below
+            except Exception as exc:  # every started worker is still stopped by the stack
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
         def done() -> bool:  # every record read, and every rerouted one read again where its user lives
             metrics = [worker.metrics() for worker in procs]
