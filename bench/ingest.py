@@ -35,10 +35,13 @@ from streams.worker_process import free_port, run_worker, wait_until
 def agent_rate(settings: Settings, expected: int, log_dir: Path, workers: int) -> tuple[float, dict[str, float]]:
     """Events/s of `workers` real worker processes in one consumer group, from the first event to the last.
 
-    The workers are started at once: one after another, the first read the whole topic while the next still started
-    (~10 s each here), and the row measured one worker and a rebalance."""
+    The workers are started at once: one after another, the first read the whole topic while the next still started,
+    and the row measured one worker and a rebalance."""
+    ports: set[int] = set()
+    while len(ports) < workers:  # none is bound before the workers start: make sure no two get the same port
+        ports.add(free_port())
     with ExitStack() as stack, ThreadPoolExecutor(workers) as starter:
-        managers = [run_worker(settings.model_copy(update={"web_port": free_port()}), log_dir) for _ in range(workers)]
+        managers = [run_worker(settings.model_copy(update={"web_port": port}), log_dir) for port in sorted(ports)]
         started = [starter.submit(manager.__enter__) for manager in managers]
         procs, failures = [], []
         for manager, future in zip(managers, started):
