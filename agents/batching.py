@@ -424,17 +424,28 @@ class PromptFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         if backoff is not None:
             wanted["_prefetch_backoff"] = backoff
         fetch_wait = getattr(self.app, "fetch_max_wait_s", None)
-        if fetch_wait is not None:  # aiokafka counts it in ms; 0 would make an idle worker spin on empty fetches
-            wanted["_fetch_max_wait_ms"] = max(1, round(fetch_wait * 1000))
+        if fetch_wait is not None:
+            wanted["_fetch_max_wait_ms"] = _wait_ms(fetch_wait)
         fetcher = getattr(self._consumer, "_fetcher", None)
+        _require(fetcher, wanted)
         for attribute, value in wanted.items():
-            if fetcher is None or not hasattr(fetcher, attribute):
-                raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
-                                   "against this aiokafka version")
             setattr(fetcher, attribute, value)
         held_wait = getattr(self.app, "fetch_max_wait_requests_held_s", None)
         tune_fetch_actions(fetcher, getattr(self.app, "latency_topics", frozenset()),
-                           None if held_wait is None else max(1, round(held_wait * 1000)))
+                           None if held_wait is None else _wait_ms(held_wait))
+
+
+def _wait_ms(seconds: float) -> int:
+    """A fetch wait as aiokafka counts it, in ms; 0 would make an idle worker spin on empty fetches."""
+    return max(1, round(seconds * 1000))
+
+
+def _require(fetcher: Any, attributes: Iterable[str]) -> None:
+    """Stop the start loudly when aiokafka's fetcher lacks what agents/batching.py sets or wraps on it."""
+    for attribute in attributes:
+        if fetcher is None or not hasattr(fetcher, attribute):
+            raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
+                               "against this aiokafka version")
 
 
 def tune_fetch_actions(fetcher: Any, latency_topics: frozenset[str], held_wait_ms: int | None) -> None:
@@ -454,10 +465,7 @@ def tune_fetch_actions(fetcher: Any, latency_topics: frozenset[str], held_wait_m
        waited for it (34-45 ms of the slowest table hits under the replay). Fetches built then ask the broker to hold
        them at most `held_wait_ms`; nothing changes while no request is buffered.
     """
-    for attribute in ("_get_actions_per_node", "_records", "_fetch_max_wait_ms", "_in_flight", "_pending_tasks"):
-        if fetcher is None or not hasattr(fetcher, attribute):
-            raise RuntimeError(f"aiokafka's fetcher has no {attribute} any more: check agents/batching.py "
-                               "against this aiokafka version")
+    _require(fetcher, ("_get_actions_per_node", "_records", "_fetch_max_wait_ms", "_in_flight", "_pending_tasks"))
     build = fetcher._get_actions_per_node
     normal_wait_ms = fetcher._fetch_max_wait_ms
     short_wait_ms = normal_wait_ms if held_wait_ms is None else min(held_wait_ms, normal_wait_ms)
