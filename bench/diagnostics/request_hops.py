@@ -49,30 +49,41 @@ HOPS = (("appended -> fetched in the consumer thread", None, "1_fetched_in_consu
         ("the answer delivered", "5_delivery_1_after_append", "5_delivery_2_after_append"))
 
 
-def tail(traces: dict[str, dict[str, float]], last: int, slowest: float) -> None:
+Trace = dict[str, float]
+
+
+def timed_requests(traces: dict[str, Trace], last: int, needed: set[str]) -> list[tuple[str, Trace]]:
+    """The `last` requests answered last (the bench's phase under the replay) that have every step in `needed`, as
+    (topic:partition:offset, steps), in the order they were answered."""
+    needed = needed | {"at", "6_delivered_after_append"}
+    return sorted(((key, steps) for key, steps in traces.items() if needed <= steps.keys()),
+                  key=lambda item: item[1]["at"])[-last:]
+
+
+def appended_at(steps: Trace) -> float:
+    return steps["at"] - steps["6_delivered_after_append"]
+
+
+def tail(traces: dict[str, Trace], last: int, slowest: float) -> None:
     """Where the slowest requests under the replay spent their time, hop by hop, against all of them."""
-    needed = {"at", "6_delivered_after_append"} | {end for _, _, end in HOPS}
-    done = sorted((steps for steps in traces.values() if needed <= steps.keys()),
-                  key=lambda steps: steps["at"])[-last:]
+    done = [steps for _, steps in timed_requests(traces, last, {end for _, _, end in HOPS})]
     ranked = sorted(done, key=lambda steps: steps["6_delivered_after_append"])
     worst = ranked[-max(1, int(len(ranked) * slowest)):]
     print(f"\nunder the replay, {len(done)} traced requests; the slowest {len(worst)} (end to end "
           f"{1000 * worst[0]['6_delivered_after_append']:.0f}-{1000 * worst[-1]['6_delivered_after_append']:.0f} ms):")
     for label, start, end in HOPS:
-        def hop(steps: dict[str, float]) -> float:
+        def hop(steps: Trace) -> float:
             return steps[end] - (steps[start] if start else 0.0)
         print(f"  {label:40s} all: mean {1000 * sum(map(hop, done)) / len(done):6.1f} ms   slowest: mean "
               f"{1000 * sum(map(hop, worst)) / len(worst):6.1f}  each " + " ".join(f"{1000 * hop(s):.0f}" for s in worst))
 
 
-
-def stalled(stalls: list[dict], traces: dict[str, dict[str, float]], last: int) -> None:
+def stalled(stalls: list[dict], traces: dict[str, Trace], last: int) -> None:
     """The watchdog's stalls during the timed phase under the replay, and where the main thread was after each."""
-    done = sorted((steps for steps in traces.values() if "at" in steps and "6_delivered_after_append" in steps),
-                  key=lambda steps: steps["at"])[-last:]
+    done = [steps for _, steps in timed_requests(traces, last, set())]
     if not done:
         return
-    begin, end = done[0]["at"] - done[0]["6_delivered_after_append"], done[-1]["at"]
+    begin, end = appended_at(done[0]), done[-1]["at"]
     during = [stall for stall in stalls if begin <= stall["at"] <= end]
     print(f"\nstalls of the watchdog thread over 10 ms during those {end - begin:.1f} s: {len(during)}, "
           f"{1000 * sum(s['late'] for s in during):.0f} ms in all")
@@ -83,21 +94,19 @@ def stalled(stalls: list[dict], traces: dict[str, dict[str, float]], last: int) 
     for place, lates in sorted(places.items(), key=lambda item: -sum(item[1]))[:12]:
         print(f"  {len(lates):3d} x, {1000 * sum(lates):5.0f} ms, max {1000 * max(lates):3.0f}  main thread after: {place}")
     slow = [steps for steps in done if steps["6_delivered_after_append"] > 0.050]
-    overlapping = sum(any(steps["at"] - steps["6_delivered_after_append"] <= stall["at"] <= steps["at"]
-                          for stall in during) for steps in slow)
+    overlapping = sum(any(appended_at(steps) <= stall["at"] <= steps["at"] for stall in during) for steps in slow)
     print(f"  requests over 50 ms: {len(slow)}, of them with a stall inside their time: {overlapping}")
 
-def fetched(fetches: list[list], idle_routine: list[list], traces: dict[str, dict[str, float]], last: int) -> None:
+
+def fetched(fetches: list[list], idle_routine: list[list], traces: dict[str, Trace], last: int) -> None:
     """For the requests that waited longest for a fetch: the fetches in flight when they were appended."""
-    done = sorted((steps for steps in traces.values() if "at" in steps and "6_delivered_after_append" in steps
-                   and "1_fetched_in_consumer_thread" in steps), key=lambda steps: steps["at"])[-last:]
-    waited = sorted(done, key=lambda steps: steps["1_fetched_in_consumer_thread"])[-10:]
-    ids = {id(steps): key for key, steps in traces.items()}
+    done = timed_requests(traces, last, {"1_fetched_in_consumer_thread"})
+    waited = sorted(done, key=lambda item: item[1]["1_fetched_in_consumer_thread"])[-10:]
     print("\nthe 10 longest waits for a fetch, and the fetches in flight at the request's append (age at the append "
           "/ duration ms, partitions; its partition: the offset fetched from, '-' when not in the fetch):")
-    for steps in waited:
-        appended = steps["at"] - steps["6_delivered_after_append"]
-        topic_partition, offset = ids[id(steps)].rsplit(":", 1)
+    for key, steps in waited:
+        appended = appended_at(steps)
+        topic_partition, offset = key.rsplit(":", 1)
         flying = [f"{1000 * (appended - sent):.0f}/{1000 * (back - sent):.0f} ms {n}p {req.get(topic_partition, '-')}"
                   for sent, back, req, n in fetches if sent <= appended <= back]
         if not flying:  # the fetcher's routine sat idle: the last time it built no fetch before the append, and why

@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 SAMPLES: dict[str, list[float]] = {}
-_APPENDED: dict[str, float] = {}
 TRACES: dict[str, dict[str, float]] = {}  # "topic:partition:offset" -> step -> seconds after the append
 CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("diag_request", default=None)
 
@@ -123,7 +122,8 @@ def _patch() -> None:
         _record("4_answer_computed_in", time.perf_counter() - started)
         record_id = CURRENT.get()
         if record_id is not None:
-            TRACES.setdefault(record_id, {})["4_answer_computed_after_append"] = time.time() - _APPENDED[record_id]
+            steps = TRACES[record_id]
+            steps["4_answer_computed_after_append"] = time.time() - steps["appended_at"]
         return value
 
     import agents.outbox as outbox
@@ -133,9 +133,9 @@ def _patch() -> None:
         await delivered(self)
         record_id = CURRENT.get()
         if record_id is not None:
-            steps = TRACES.setdefault(record_id, {})
+            steps = TRACES[record_id]
             steps[f"5_delivery_{sum(k.startswith('5_delivery_') for k in steps) + 1}_after_append"] = (
-                time.time() - _APPENDED[record_id])
+                time.time() - steps["appended_at"])
 
     outbox.OutboxUnit.delivered = timed_delivered
 
@@ -146,7 +146,7 @@ def _patch() -> None:
         started = time.perf_counter()
         record_id = f"{record.topic}:{record.partition}:{record.offset}"
         begun = time.time() - record.timestamp / 1000
-        _APPENDED[record_id] = record.timestamp / 1000
+        TRACES.setdefault(record_id, {})["appended_at"] = record.timestamp / 1000
         CURRENT.set(record_id)
         await request(self, request_, partition, record)
         _record("5_handler_total_incl_deliveries", time.perf_counter() - started, record_id)
