@@ -18,7 +18,7 @@ from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from models.counts import DAY_S, AllCounts, Pair, TransitionCounts, day_of, window_counts, window_days_range
+from models.counts import AllCounts, Pair, TransitionCounts, day_of, window_counts, window_days_range
 
 ALL = "all"
 TREND_HISTORY = 4
@@ -123,16 +123,13 @@ class PartitionUpdate:
 def partition_update(partition: int, counts: AllCounts, as_of: float, window_days: Iterable[int],
                      history: int = TREND_HISTORY, pairs: Collection[Pair] | None = None,
                      last_day: int | None = None) -> PartitionUpdate:
-    """Rows for a write: the all-time rows only for the pairs that changed; the day-window rows of those pairs too,
-    and, when the windows moved to a new day since the last write (``last_day``, its day), of the pairs counted on a
-    day that entered or left a window (every other pair's window sums are what was written); trends whole (a row
-    per cluster and window). Without ``pairs`` or ``last_day`` (a full write), every row."""
+    """Rows for a write: the all-time rows only for the pairs that changed; the day-window rows too when the
+    window has not moved since the last write (``last_day``, its day, is ``as_of``'s), and whole otherwise (a new
+    day moves every pair's window: once a day, not every sync); trends whole (a row per cluster and window)."""
     window_days = tuple(window_days)
     scope = None if pairs is None else frozenset(pairs)
     day = day_of(as_of)
-    window_scope: frozenset[Pair] | None = None
-    if scope is not None and last_day is not None and day >= last_day:
-        window_scope = scope if day == last_day else scope | pairs_on_moved_days(counts, last_day, day, window_days)
+    window_scope = scope if last_day == day else None
     if window_scope is None:
         window_rows: dict[RowKey, int] = {}
         for days in window_days:
@@ -141,19 +138,6 @@ def partition_update(partition: int, counts: AllCounts, as_of: float, window_day
         window_rows = pair_window_rows(counts, as_of, window_days, window_scope)
     return PartitionUpdate(partition, day, scope, dict(_rows_of(counts.total, ALL, scope)), window_rows,
                            trend_rows(counts, as_of, window_days, history), window_scope)
-
-
-def pairs_on_moved_days(counts: AllCounts, last_day: int, day: int, window_days: Iterable[int]) -> frozenset[Pair]:
-    """The pairs with counts on a day that is in a window ending ``last_day`` or in the same window ending ``day``,
-    not in both: the only pairs whose day-window sums the move can change. A replay moves event time by days a
-    second, and recomputing every pair's windows at each move was most of the knowledge sync's time on the loop."""
-    moved: set[int] = set()
-    for days in window_days:
-        moved.update(set(window_days_range(days, last_day * DAY_S)) ^ set(window_days_range(days, day * DAY_S)))
-    found: set[Pair] = set()
-    for moved_day in moved:
-        found.update(counts.daily.get(moved_day, ()))
-    return frozenset(found)
 
 
 def _by_pair(rows: Mapping[RowKey, int]) -> dict[Pair, dict[RowKey, int]]:
