@@ -87,7 +87,8 @@ class ClusterMass:
                     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(each candidate's probability, each candidate's best unseen item score), or None when no candidate has
         an unseen scored item."""
-        scores = np.array(row, dtype=np.float64)
+        # A torch row through its own buffer: its __array__ takes no `copy` keyword, which numpy 2 deprecates.
+        scores = np.array(row.detach().cpu().numpy() if hasattr(row, "detach") else row, dtype=np.float64)
         scores[0] = -np.inf  # padding
         scores[[self.index[i] for i in recent_items if i in self.index]] = -np.inf
         wanted = [self.position[c] for c in candidates]
