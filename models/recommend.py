@@ -83,12 +83,11 @@ class ClusterMass:
             if item in self.index and cid in self.position:
                 self.owner[self.index[item]] = self.position[cid]
 
-    def per_cluster(self, row: Any, recent_items: Sequence[str], candidates: Sequence[str]
+    def per_cluster(self, row: np.ndarray, recent_items: Sequence[str], candidates: Sequence[str]
                     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(each candidate's probability, each candidate's best unseen item score), or None when no candidate has
         an unseen scored item."""
-        # A torch row through its own buffer: its __array__ takes no `copy` keyword, which numpy 2 deprecates.
-        scores = np.array(row.detach().cpu().numpy() if hasattr(row, "detach") else row, dtype=np.float64)
+        scores = np.array(row, dtype=np.float64)
         scores[0] = -np.inf  # padding
         scores[[self.index[i] for i in recent_items if i in self.index]] = -np.inf
         wanted = [self.position[c] for c in candidates]
@@ -124,7 +123,8 @@ def llm_times_sequence(sequence: SequenceRecommender, mass: ClusterMass, scores:
     row = sequence.score_batch([recent_items])[0]
     scores = [(c, v) for c, v in scores if c in mass.position]  # a row is per clusters version: a guard, no filter
     candidates = [c for c, _ in scores]
-    found = mass.per_cluster(row, recent_items, candidates)
+    # As the evaluation passes it (models/evaluation/grounding.py): numpy 2 deprecates np.array on a torch tensor.
+    found = mass.per_cluster(row.double().numpy(), recent_items, candidates)
     per_cluster = dict(zip(candidates, found[0].tolist(), strict=True)) if found is not None else None
     joint = times_sequence_mass(softmax(dict(scores), temperature), per_cluster)
     order = {c: i for i, c in enumerate(candidates)}
