@@ -137,7 +137,7 @@ def main() -> None:
             rows.append(("  valid, by worker (in start order)",
                          " / ".join(f"{metrics.get(f'worker {i}: valid', 0):,.0f}" for i in range(1, count + 1))))
             idle = [i for i in range(1, count + 1) if not metrics.get(f"worker {i}: valid", 0)]
-            if idle:  # workers start one after another: a late one can find the topic already read
+            if idle:  # a worker whose join came after the others had read the whole topic
                 rows.append(("  note", f"worker(s) {', '.join(map(str, idle))} got no work: this row measured "
                                        f"{count - len(idle)} worker(s), not {count}"))
     if rerouted is not None:
